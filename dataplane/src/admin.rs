@@ -1,0 +1,74 @@
+//! The admin listener: `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! It is separate from the client listener so that it can be bound to a
+//! private address; it serves nothing a caller could use against the gateway.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
+
+use crate::metrics::Metrics;
+use crate::server::Lifecycle;
+
+pub struct Admin {
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl Admin {
+    pub fn new(metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Admin {
+        Admin { metrics, lifecycle }
+    }
+
+    fn answer(&self, method: &str, path: &str, shutting_down: bool) -> (u16, &'static str, Bytes) {
+        if method != "GET" && method != "HEAD" {
+            return (405, "text/plain", Bytes::from_static(b"method not allowed\n"));
+        }
+        match path {
+            "/healthz" => (200, "text/plain", Bytes::from_static(b"ok\n")),
+            "/readyz" if shutting_down || self.lifecycle.is_draining() => {
+                (503, "text/plain", Bytes::from_static(b"draining\n"))
+            }
+            "/readyz" => (200, "text/plain", Bytes::from_static(b"ready\n")),
+            "/metrics" => (
+                200,
+                "text/plain; version=0.0.4",
+                Bytes::from(self.metrics.render()),
+            ),
+            _ => (404, "text/plain", Bytes::from_static(b"not found\n")),
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Admin {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !matches!(session.read_request().await, Ok(true)) {
+            return None;
+        }
+        let method = session.req_header().method.to_string();
+        let path = session.req_header().uri.path().to_string();
+        let (status, ctype, body) = self.answer(&method, &path, *shutdown.borrow());
+        let mut h = ResponseHeader::build(status, Some(2)).ok()?;
+        h.insert_header("content-type", ctype).ok()?;
+        h.insert_header("content-length", body.len().to_string()).ok()?;
+        session.write_response_header(Box::new(h)).await.ok()?;
+        if method != "HEAD" {
+            session.write_response_body(body, true).await.ok()?;
+        }
+        session.finish_body().await.ok()?;
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(s)) => Some(ReusedHttpStream::from_reusable_stream(s, persistent)),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! Gateway configuration: YAML, strict (`deny_unknown_fields`), validated at
+//! start with errors that name the file, the key and the problem.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The embedded default configuration: an offline gateway whose in-process
+/// mock provider serves `mock-gpt` and `mock-claude`.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("../config/default.yaml");
+/// Name shown for the embedded default configuration in errors.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
+/// The gateway API key of the embedded default configuration. It is only
+/// accepted by gateways running that configuration, which binds to loopback
+/// and reaches no real provider.
+pub const DEFAULT_DEV_API_KEY: &str = "tp-local-dev-key";
+
+/// A configuration error: where, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Client listener, e.g. `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// TLS for the client listener (HTTP/2 is offered via ALPN).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// TLS for the admin listener.
+    #[serde(default)]
+    pub admin_tls: Option<TlsConfig>,
+    /// Accept cleartext HTTP/2 (prior knowledge) on the client listener.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Worker threads (default: number of CPUs).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Seconds to keep serving in-flight calls after SIGTERM.
+    #[serde(default = "default_grace")]
+    pub graceful_shutdown_seconds: u64,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Gateway API keys accepted from clients (stored as SHA-256 hashes).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelConfig>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_grace() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `tappass_dataplane=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted request body.
+    #[serde(default = "default_max_body")]
+    pub max_request_body_bytes: usize,
+    /// Largest buffered (non-streaming) upstream response.
+    #[serde(default = "default_max_response")]
+    pub max_response_body_bytes: usize,
+    /// Largest amount of stream output held back for inspection.
+    #[serde(default = "default_max_hold")]
+    pub max_stream_hold_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_body_bytes: default_max_body(),
+            max_response_body_bytes: default_max_response(),
+            max_stream_hold_bytes: default_max_hold(),
+        }
+    }
+}
+
+fn default_max_body() -> usize {
+    32 * 1024 * 1024
+}
+fn default_max_response() -> usize {
+    64 * 1024 * 1024
+}
+fn default_max_hold() -> usize {
+    1024 * 1024
+}
+
+/// Upstream timeouts in milliseconds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect.
+    #[serde(default = "d_connect")]
+    pub connect_ms: u64,
+    /// From request sent to response headers.
+    #[serde(default = "d_first_byte")]
+    pub first_byte_ms: u64,
+    /// Longest silence between two reads of a response body (stream events).
+    #[serde(default = "d_idle")]
+    pub idle_ms: u64,
+    /// The whole call, from request to last byte.
+    #[serde(default = "d_total")]
+    pub total_ms: u64,
+}
+
+fn d_connect() -> u64 {
+    5_000
+}
+fn d_first_byte() -> u64 {
+    120_000
+}
+fn d_idle() -> u64 {
+    120_000
+}
+fn d_total() -> u64 {
+    900_000
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: d_connect(),
+            first_byte_ms: d_first_byte(),
+            idle_ms: d_idle(),
+            total_ms: d_total(),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_millis(self.first_byte_ms)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+    pub fn total(&self) -> Duration {
+        Duration::from_millis(self.total_ms)
+    }
+}
+
+/// Per-provider timeout overrides.
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutOverrides {
+    pub connect_ms: Option<u64>,
+    pub first_byte_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+    pub total_ms: Option<u64>,
+}
+
+impl TimeoutOverrides {
+    pub fn over(&self, base: Timeouts) -> Timeouts {
+        Timeouts {
+            connect_ms: self.connect_ms.unwrap_or(base.connect_ms),
+            first_byte_ms: self.first_byte_ms.unwrap_or(base.first_byte_ms),
+            idle_ms: self.idle_ms.unwrap_or(base.idle_ms),
+            total_ms: self.total_ms.unwrap_or(base.total_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds the key (shown in logs, never the key itself).
+    pub name: String,
+    /// Hex SHA-256 of the key (`tappass-gateway --hash-key KEY` prints it).
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
+    AzureOpenai,
+    OpenaiCompatible,
+    /// The built-in offline mock provider, served in-process on a private
+    /// Unix socket.
+    Mock,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL including the API version path, e.g.
+    /// `https://api.openai.com/v1`. Defaults per kind where one exists.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the provider API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// File holding the provider API key (trailing whitespace is trimmed).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Azure OpenAI `api-version`.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Verify the upstream TLS certificate (default true).
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    #[serde(default)]
+    pub timeouts: TimeoutOverrides,
+    #[serde(default)]
+    pub circuit_breaker: BreakerConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit.
+    #[serde(default = "d_failures")]
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before one probe call is let through.
+    #[serde(default = "d_cooldown")]
+    pub cooldown_ms: u64,
+}
+
+fn d_failures() -> u32 {
+    5
+}
+fn d_cooldown() -> u64 {
+    30_000
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: d_failures(),
+            cooldown_ms: d_cooldown(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model name as clients send it; `*` and `?` make it a glob.
+    pub name: String,
+    pub provider: String,
+    /// Model name sent upstream (default: the requested name).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Tried in order on connect errors, timeouts, 429 and 5xx before the
+    /// first byte reaches the client.
+    #[serde(default)]
+    pub fallbacks: Vec<FallbackConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    pub provider: String,
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+}
+
+/// Whether a model name is a glob pattern.
+pub fn is_glob(name: &str) -> bool {
+    name.contains(['*', '?'])
+}
+
+impl Config {
+    /// Parse and validate YAML text; `file` names it in errors.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_norway::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            // serde's messages start with the path to the offending key.
+            let (key, problem) = match msg.split_once(": ") {
+                Some((k, p)) if !k.contains(' ') => (k.to_string(), p.to_string()),
+                _ => ("(document)".to_string(), msg),
+            };
+            ConfigError {
+                file: file.into(),
+                key,
+                problem,
+            }
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Config::from_yaml(&text, &file)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Config::from_yaml(DEFAULT_CONFIG_YAML, DEFAULT_CONFIG_NAME)
+            .expect("the embedded default config is valid")
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: String, problem: String| ConfigError {
+            file: file.into(),
+            key,
+            problem,
+        };
+        for (key, addr) in [("listen", &self.listen), ("admin_listen", &self.admin_listen)] {
+            addr.parse::<SocketAddr>().map_err(|e| {
+                err(key.into(), format!("`{addr}` is not an address:port ({e})"))
+            })?;
+        }
+        if self.listen == self.admin_listen {
+            return Err(err(
+                "admin_listen".into(),
+                "must differ from `listen`".into(),
+            ));
+        }
+        if self.threads == Some(0) {
+            return Err(err("threads".into(), "must be at least 1".into()));
+        }
+        for (key, t) in [("tls", &self.tls), ("admin_tls", &self.admin_tls)] {
+            if let Some(t) = t {
+                for (k, p) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+                    if !p.is_file() {
+                        return Err(err(
+                            format!("{key}.{k}"),
+                            format!("file {} does not exist", p.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.limits.max_request_body_bytes == 0 {
+            return Err(err(
+                "limits.max_request_body_bytes".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+        check_timeouts(&self.timeouts, "timeouts", &err)?;
+        let mut key_names = HashSet::new();
+        for (i, k) in self.api_keys.iter().enumerate() {
+            if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err(
+                    format!("api_keys[{i}].sha256"),
+                    "must be 64 hex characters (the SHA-256 of the key)".into(),
+                ));
+            }
+            if !key_names.insert(k.name.as_str()) {
+                return Err(err(
+                    format!("api_keys[{i}].name"),
+                    format!("duplicate key name `{}`", k.name),
+                ));
+            }
+        }
+        let mut providers = HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let at = |k: &str| format!("providers[{i}].{k}");
+            if p.name.is_empty() {
+                return Err(err(at("name"), "must not be empty".into()));
+            }
+            if !providers.insert(p.name.as_str()) {
+                return Err(err(at("name"), format!("duplicate provider `{}`", p.name)));
+            }
+            if p.api_key_env.is_some() && p.api_key_file.is_some() {
+                return Err(err(
+                    at("api_key_env"),
+                    "set either api_key_env or api_key_file, not both".into(),
+                ));
+            }
+            match p.kind {
+                ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible
+                    if p.base_url.is_none() =>
+                {
+                    return Err(err(at("base_url"), "is required for this provider kind".into()))
+                }
+                ProviderKind::Mock if p.base_url.is_some() => {
+                    return Err(err(
+                        at("base_url"),
+                        "the mock provider runs in-process and takes no base_url".into(),
+                    ))
+                }
+                _ => {}
+            }
+            if p.kind == ProviderKind::AzureOpenai && p.api_version.is_none() {
+                return Err(err(at("api_version"), "is required for azure-openai".into()));
+            }
+            if let Some(url) = &p.base_url {
+                crate::providers::UpstreamUrl::parse(url)
+                    .map_err(|problem| err(at("base_url"), problem))?;
+            }
+            if p.circuit_breaker.failure_threshold == 0 {
+                return Err(err(
+                    at("circuit_breaker.failure_threshold"),
+                    "must be at least 1".into(),
+                ));
+            }
+            check_timeouts(&p.timeouts.over(self.timeouts), &at("timeouts"), &err)?;
+            crate::providers::load_credential(p).map_err(|problem| {
+                let key = if p.api_key_file.is_some() {
+                    at("api_key_file")
+                } else {
+                    at("api_key_env")
+                };
+                err(key, problem)
+            })?;
+        }
+        if self.models.is_empty() {
+            return Err(err("models".into(), "at least one model is required".into()));
+        }
+        let mut exact = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name.is_empty() {
+                return Err(err(format!("models[{i}].name"), "must not be empty".into()));
+            }
+            if !is_glob(&m.name) && !exact.insert(m.name.as_str()) {
+                return Err(err(
+                    format!("models[{i}].name"),
+                    format!("model `{}` is listed twice", m.name),
+                ));
+            }
+            let targets = std::iter::once(("provider".to_string(), &m.provider)).chain(
+                m.fallbacks
+                    .iter()
+                    .enumerate()
+                    .map(|(j, f)| (format!("fallbacks[{j}].provider"), &f.provider)),
+            );
+            for (key, provider) in targets {
+                if !providers.contains(provider.as_str()) {
+                    return Err(err(
+                        format!("models[{i}].{key}"),
+                        format!("unknown provider `{provider}`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_timeouts(
+    t: &Timeouts,
+    key: &str,
+    err: &dyn Fn(String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    for (name, v) in [
+        ("connect_ms", t.connect_ms),
+        ("first_byte_ms", t.first_byte_ms),
+        ("idle_ms", t.idle_ms),
+        ("total_ms", t.total_ms),
+    ] {
+        if v == 0 {
+            return Err(err(format!("{key}.{name}"), "must be greater than 0".into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(yaml, "test.yaml")
+    }
+
+    const MIN: &str = "providers:\n  - name: m\n    kind: mock\nmodels:\n  - name: a\n    provider: m\n";
+
+    #[test]
+    fn embedded_default_is_valid_and_serves_mock_models() {
+        let c = Config::embedded_default();
+        let names: Vec<&str> = c.models.iter().map(|m| m.name.as_str()).collect();
+        assert!(names.contains(&"mock-gpt") && names.contains(&"mock-claude"));
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        use sha2::Digest;
+        let hash = hex::encode(sha2::Sha256::digest(DEFAULT_DEV_API_KEY.as_bytes()));
+        assert!(c.api_keys.iter().any(|k| k.sha256 == hash));
+    }
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.admin_listen, "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_problem() {
+        let e = parse(&MIN.replace("kind: mock", "kind: mock\n    bse_url: x")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("test.yaml: providers[0]"), "{s}");
+        assert!(s.contains("unknown field `bse_url`"), "{s}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            (MIN.replace("provider: m", "provider: nope"), "models[0].provider"),
+            (format!("listen: nowhere\n{MIN}"), "listen"),
+            (
+                format!("api_keys:\n  - name: a\n    sha256: abc\n{MIN}"),
+                "api_keys[0].sha256",
+            ),
+            (
+                MIN.replace("kind: mock", "kind: azure-openai\n    base_url: https://x.example"),
+                "providers[0].api_version",
+            ),
+            (
+                MIN.replace("kind: mock", "kind: openai-compatible"),
+                "providers[0].base_url",
+            ),
+            (
+                MIN.replace("kind: mock", "kind: openai\n    base_url: ftp://x"),
+                "providers[0].base_url",
+            ),
+            (
+                MIN.replace(
+                    "kind: mock",
+                    "kind: openai\n    api_key_env: TAPPASS_TEST_SURELY_UNSET_VAR",
+                ),
+                "providers[0].api_key_env",
+            ),
+            (format!("timeouts:\n  idle_ms: 0\n{MIN}"), "timeouts.idle_ms"),
+            (
+                format!("{MIN}  - name: a\n    provider: m\n"),
+                "models[1].name",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let e = parse(&yaml).unwrap_err();
+            assert_eq!(e.key, key, "{yaml}\n=> {e}");
+            assert_eq!(e.file, "test.yaml");
+        }
+    }
+
+    #[test]
+    fn garbage_yaml_is_an_error_not_a_panic() {
+        for text in ["", ":", "[1,2", "providers: 5", "\u{0}\u{1}", "- - -"] {
+            assert!(parse(text).is_err(), "{text:?}");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Gateway errors and the one place that maps them to HTTP statuses and to
+//! each caller's wire format.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::wire::{ErrorStyle, Endpoint};
+
+/// Every way a call can fail before or while it is proxied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("content type must be application/json, got {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("missing required field `model`")]
+    MissingModel,
+    #[error("model `{0}` is not configured on this gateway")]
+    UnknownModel(String),
+    #[error("{0}")]
+    FormatNotSupported(String),
+    #[error("all providers for model `{model}` are unavailable: {detail}")]
+    UpstreamUnavailable { model: String, detail: String },
+    #[error("upstream timed out: {0}")]
+    UpstreamTimeout(String),
+    #[error("upstream failed mid-stream: {0}")]
+    UpstreamBroken(String),
+    #[error("upstream response is not valid: {0}")]
+    BadUpstreamResponse(String),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// An error rendered for one caller: status, content type and body.
+#[derive(Debug, Clone)]
+pub struct RenderedError {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl GatewayError {
+    /// The HTTP status for this error. This is the only mapping of errors to
+    /// statuses in the gateway.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::NotFound { .. } | GatewayError::UnknownModel(_) => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::Unauthorized(_) => 401,
+            GatewayError::PayloadTooLarge { .. } => 413,
+            GatewayError::UnsupportedMediaType(_) => 415,
+            GatewayError::InvalidRequest(_)
+            | GatewayError::MissingModel
+            | GatewayError::FormatNotSupported(_) => 400,
+            GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamBroken(_)
+            | GatewayError::BadUpstreamResponse(_) => 502,
+            GatewayError::UpstreamTimeout(_) => 504,
+            GatewayError::ShuttingDown => 503,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// Machine-readable code (OpenAI `error.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::NotFound { .. } => "not_found",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::Unauthorized(_) => "invalid_api_key",
+            GatewayError::PayloadTooLarge { .. } => "request_too_large",
+            GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
+            GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::MissingModel => "missing_model",
+            GatewayError::UnknownModel(_) => "model_not_found",
+            GatewayError::FormatNotSupported(_) => "format_not_supported",
+            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::UpstreamBroken(_) => "upstream_stream_broken",
+            GatewayError::BadUpstreamResponse(_) => "bad_upstream_response",
+            GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// OpenAI `error.type`.
+    fn openai_type(&self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            400 | 405 | 413 | 415 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// Anthropic `error.type`.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            400 | 405 | 415 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The JSON error object in the given style (without SSE framing).
+    pub fn json_body(&self, style: ErrorStyle) -> serde_json::Value {
+        let message = self.to_string();
+        match style {
+            ErrorStyle::OpenAi => json!({
+                "error": {
+                    "message": message,
+                    "type": self.openai_type(),
+                    "param": if matches!(self, GatewayError::MissingModel | GatewayError::UnknownModel(_)) { json!("model") } else { json!(null) },
+                    "code": self.code(),
+                }
+            }),
+            ErrorStyle::Anthropic => json!({
+                "type": "error",
+                "error": { "type": self.anthropic_type(), "message": message },
+            }),
+        }
+    }
+
+    /// Render a complete (non-streaming) error response for the caller.
+    pub fn render(&self, style: ErrorStyle) -> RenderedError {
+        RenderedError {
+            status: self.status(),
+            body: Bytes::from(self.json_body(style).to_string()),
+        }
+    }
+
+    /// Render the event that ends a stream with this error, in the wire
+    /// format of the stream's endpoint.
+    pub fn stream_event(&self, endpoint: Endpoint, response_id: &str) -> Bytes {
+        match endpoint {
+            Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => {
+                crate::sse::encode_event(
+                    Some("error"),
+                    &self.json_body(ErrorStyle::Anthropic).to_string(),
+                )
+            }
+            Endpoint::Responses => {
+                let body = json!({
+                    "type": "response.failed",
+                    "response": {
+                        "id": response_id,
+                        "object": "response",
+                        "status": "failed",
+                        "error": { "code": self.code(), "message": self.to_string() },
+                        "output": [],
+                    }
+                });
+                crate::sse::encode_event(Some("response.failed"), &body.to_string())
+            }
+            _ => crate::sse::encode_event(None, &self.json_body(ErrorStyle::OpenAi).to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(GatewayError::MissingModel.status(), 400);
+        assert_eq!(GatewayError::UnknownModel("x".into()).status(), 404);
+        assert_eq!(GatewayError::PayloadTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(GatewayError::UnsupportedMediaType("t".into()).status(), 415);
+        assert_eq!(GatewayError::Unauthorized("no".into()).status(), 401);
+        assert_eq!(GatewayError::UpstreamTimeout("t".into()).status(), 504);
+    }
+
+    #[test]
+    fn openai_and_anthropic_shapes() {
+        let e = GatewayError::UnknownModel("gpt-x".into());
+        let o = e.json_body(ErrorStyle::OpenAi);
+        assert_eq!(o["error"]["code"], "model_not_found");
+        assert_eq!(o["error"]["param"], "model");
+        let a = e.json_body(ErrorStyle::Anthropic);
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "not_found_error");
+    }
+
+    #[test]
+    fn stream_events_per_format() {
+        let e = GatewayError::UpstreamBroken("reset".into());
+        let a = e.stream_event(Endpoint::AnthropicMessages, "r");
+        assert!(a.starts_with(b"event: error\ndata: {"));
+        let r = e.stream_event(Endpoint::Responses, "resp_1");
+        assert!(r.starts_with(b"event: response.failed\n"));
+        let o = e.stream_event(Endpoint::ChatCompletions, "c");
+        assert!(o.starts_with(b"data: {\"error\":"));
+    }
+}

@@ -1,0 +1,574 @@
+//! The client-facing HTTP application: endpoint routing, authentication,
+//! request validation, the upstream call and the response relay.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::Method;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
+use serde_json::json;
+
+use crate::auth::{ApiKeys, Caller};
+use crate::config::{Config, Limits};
+use crate::error::GatewayError;
+use crate::events::{usage_from_body, Usage};
+use crate::metrics::Metrics;
+use crate::providers::{BreakerState, Router};
+use crate::relay::{RelayLimits, StreamHook, StreamRelay, StripInjectedUsage};
+use crate::upstream::{self, OutboundCall, UpstreamResponse};
+use crate::wire::{is_json_content_type, Call, Endpoint, ErrorStyle};
+
+/// Everything a call needs from configuration, swapped as one unit.
+pub struct GatewayState {
+    pub router: Router,
+    pub keys: ApiKeys,
+    pub limits: Limits,
+}
+
+impl GatewayState {
+    pub fn from_config(
+        config: &Config,
+        mock_socket: Option<&std::path::PathBuf>,
+    ) -> Result<GatewayState, String> {
+        Ok(GatewayState {
+            router: Router::from_config(config, mock_socket)?,
+            keys: ApiKeys::from_config(&config.api_keys),
+            limits: config.limits.clone(),
+        })
+    }
+}
+
+/// The gateway application served by Pingora.
+pub struct Gateway {
+    state: ArcSwap<GatewayState>,
+    connector: Connector,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<crate::server::Lifecycle>,
+    server_options: HttpServerOptions,
+    seq: AtomicU64,
+    epoch: u64,
+}
+
+/// Upstream response headers that are not passed to clients.
+const DROPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-encoding",
+    "server",
+    "date",
+    "set-cookie",
+    "alt-svc",
+    "strict-transport-security",
+];
+
+/// Facts about one call, for the access log and metrics.
+struct CallRecord {
+    request_id: String,
+    endpoint: &'static str,
+    model: String,
+    provider: String,
+    status: u16,
+    stream: bool,
+    usage: Option<Usage>,
+    error: Option<String>,
+    first_byte: Option<Instant>,
+}
+
+impl Gateway {
+    pub fn new(
+        state: GatewayState,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<crate::server::Lifecycle>,
+        h2c: bool,
+    ) -> Gateway {
+        let mut server_options = HttpServerOptions::default();
+        server_options.h2c = h2c;
+        Gateway {
+            state: ArcSwap::from_pointee(state),
+            connector: Connector::new(None),
+            metrics,
+            lifecycle,
+            server_options,
+            seq: AtomicU64::new(0),
+            epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Replace the configuration-derived state; calls in flight keep the
+    /// state they started with.
+    pub fn swap_state(&self, state: GatewayState) {
+        self.state.store(Arc::new(state));
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("tp-{:x}-{n:x}", self.epoch)
+    }
+
+    fn update_breaker_gauges(&self, state: &GatewayState) {
+        for p in state.router.providers() {
+            let v = match p.breaker.state() {
+                BreakerState::Closed => 0,
+                BreakerState::Open => 1,
+                BreakerState::HalfOpen => 2,
+            };
+            self.metrics
+                .breaker_state
+                .with_label_values(&[&p.name])
+                .set(v);
+        }
+    }
+
+    /// Handle one request. Returns whether the connection may be reused.
+    async fn handle(&self, session: &mut ServerSession, rec: &mut CallRecord) -> bool {
+        let state = self.state.load_full();
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let trimmed = path.trim_end_matches('/');
+
+        if trimmed == "/v1/models" {
+            rec.endpoint = "models";
+            let style = if session.get_header("anthropic-version").is_some() {
+                ErrorStyle::Anthropic
+            } else {
+                ErrorStyle::OpenAi
+            };
+            if method != Method::GET {
+                let e = GatewayError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path,
+                };
+                return respond_error(session, rec, &e, style, false).await;
+            }
+            if let Err(e) = authenticate(&state.keys, session) {
+                return respond_error(session, rec, &e, style, false).await;
+            }
+            let body = models_body(&state.router, style);
+            return respond_json(session, rec, 200, body, &[]).await;
+        }
+
+        let Some(endpoint) = Endpoint::from_path(&path) else {
+            let e = GatewayError::NotFound {
+                method: method.to_string(),
+                path,
+            };
+            return respond_error(session, rec, &e, ErrorStyle::OpenAi, false).await;
+        };
+        rec.endpoint = endpoint.name();
+        let style = endpoint.error_style();
+        if method != Method::POST {
+            let e = GatewayError::MethodNotAllowed {
+                method: method.to_string(),
+                path,
+            };
+            return respond_error(session, rec, &e, style, false).await;
+        }
+        let caller = match authenticate(&state.keys, session) {
+            Ok(c) => c,
+            Err(e) => return respond_error(session, rec, &e, style, false).await,
+        };
+        let content_type = session
+            .get_header("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !is_json_content_type(content_type) {
+            let e = GatewayError::UnsupportedMediaType(content_type.to_string());
+            return respond_error(session, rec, &e, style, false).await;
+        }
+        let body = match read_request_body(session, state.limits.max_request_body_bytes).await {
+            Ok(b) => b,
+            Err((e, keepalive)) => return respond_error(session, rec, &e, style, keepalive).await,
+        };
+        let call = match Call::parse(endpoint, &body) {
+            Ok(c) => c,
+            Err(e) => return respond_error(session, rec, &e, style, true).await,
+        };
+        rec.stream = call.stream;
+        let Some(targets) = state.router.resolve(&call.model) else {
+            let e = GatewayError::UnknownModel(call.model.clone());
+            return respond_error(session, rec, &e, style, true).await;
+        };
+        // Only configured models become metric labels.
+        rec.model = call.model.clone();
+        if !targets.iter().any(|t| t.provider.speaks(endpoint)) {
+            let p = &targets[0].provider;
+            let e = GatewayError::FormatNotSupported(format!(
+                "model `{}` is served by provider `{}`, which speaks {}; call it on that API's endpoint",
+                call.model,
+                p.name,
+                p.api_name()
+            ));
+            return respond_error(session, rec, &e, style, true).await;
+        }
+        tracing::debug!(request_id = %rec.request_id, key = %caller.key_name, model = %call.model, "call accepted");
+
+        let added_usage = std::sync::atomic::AtomicBool::new(false);
+        let body_for = |t: &crate::providers::Target| {
+            let (b, added) = call.upstream_body(t.upstream_model.as_deref(), &body);
+            added_usage.store(added, Ordering::Relaxed);
+            b
+        };
+        let outbound = OutboundCall {
+            endpoint,
+            stream: call.stream,
+            body_for: &body_for,
+            client_headers: upstream::forwarded_headers(session.req_header()),
+            model: &call.model,
+            request_id: &rec.request_id,
+        };
+        let result =
+            upstream::call_with_fallback(&self.connector, &self.metrics, targets, &outbound).await;
+        self.update_breaker_gauges(&state);
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => return respond_error(session, rec, &e, style, true).await,
+        };
+        rec.provider = resp.provider.name.clone();
+        let is_sse = resp
+            .header
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        let ok = resp.header.status.is_success();
+        if ok && is_sse {
+            let mut hooks: Vec<Box<dyn StreamHook>> = Vec::new();
+            if added_usage.load(Ordering::Relaxed) {
+                hooks.push(Box::new(StripInjectedUsage));
+            }
+            let limits = RelayLimits {
+                max_hold_bytes: state.limits.max_stream_hold_bytes,
+                ..RelayLimits::default()
+            };
+            let relay = StreamRelay::new(endpoint, rec.request_id.clone(), hooks, limits);
+            self.relay_stream(session, rec, resp, relay).await
+        } else {
+            let max = state.limits.max_response_body_bytes;
+            let body = match upstream::read_body(&mut resp, max).await {
+                Ok(b) => b,
+                Err(e) => return respond_error(session, rec, &e, style, true).await,
+            };
+            if ok {
+                rec.usage = usage_from_body(endpoint, &body);
+            }
+            let status = resp.header.status.as_u16();
+            let headers = passthrough_headers(&resp.header);
+            let provider = resp.provider.name.clone();
+            upstream::release(&self.connector, resp).await;
+            let mut extra: Vec<(String, Vec<u8>)> = headers;
+            extra.push(("x-tappass-provider".into(), provider.into_bytes()));
+            respond_bytes(session, rec, status, body, &extra).await
+        }
+    }
+
+    async fn relay_stream(
+        &self,
+        session: &mut ServerSession,
+        rec: &mut CallRecord,
+        mut resp: UpstreamResponse,
+        mut relay: StreamRelay,
+    ) -> bool {
+        let status = resp.header.status.as_u16();
+        rec.status = status;
+        let mut header = match ResponseHeader::build(status, Some(8)) {
+            Ok(h) => h,
+            Err(_) => return false,
+        };
+        for (k, v) in passthrough_headers(&resp.header) {
+            let _ = header.insert_header(k, v);
+        }
+        let _ = header.insert_header("content-type", "text/event-stream");
+        let _ = header.insert_header("cache-control", "no-cache");
+        let _ = header.insert_header("x-tappass-request-id", rec.request_id.as_str());
+        let _ = header.insert_header("x-tappass-provider", resp.provider.name.as_str());
+        if !session.is_http2() {
+            let _ = header.insert_header("transfer-encoding", "chunked");
+        }
+        if session.write_response_header(Box::new(header)).await.is_err() {
+            return false;
+        }
+        let _streams = StreamGauge::new(&self.metrics);
+        let idle = resp.provider.timeouts.idle_ms;
+        let mut client_gone = false;
+        loop {
+            let out = match upstream::read_chunk(&mut resp.session, resp.deadline, idle).await {
+                Ok(Some(chunk)) => relay.push(&chunk),
+                Ok(None) => relay.finish(),
+                Err(e) => relay.fail(e),
+            };
+            for b in out.write {
+                if rec.first_byte.is_none() {
+                    rec.first_byte = Some(Instant::now());
+                }
+                if session.write_response_body(b, false).await.is_err() {
+                    client_gone = true;
+                    break;
+                }
+            }
+            if let Some(e) = out.ended_with {
+                rec.error = Some(e.to_string());
+            }
+            if client_gone || relay.is_done() {
+                break;
+            }
+        }
+        let usage = relay.usage();
+        if usage != Usage::default() {
+            rec.usage = Some(usage);
+        }
+        if client_gone {
+            rec.error.get_or_insert_with(|| "client disconnected".into());
+            return false;
+        }
+        let clean = rec.error.is_none();
+        if clean {
+            upstream::release(&self.connector, resp).await;
+        }
+        session.finish_body().await.is_ok() && clean
+    }
+
+    fn finish_record(&self, rec: &CallRecord, started: Instant) {
+        let elapsed = started.elapsed();
+        let m = &self.metrics;
+        m.requests
+            .with_label_values(&[rec.endpoint, &rec.model, &rec.provider, &rec.status.to_string()])
+            .inc();
+        m.latency
+            .with_label_values(&[rec.endpoint, &rec.provider])
+            .observe(elapsed.as_secs_f64());
+        if let (true, Some(fb)) = (rec.stream, rec.first_byte) {
+            m.ttfb
+                .with_label_values(&[rec.endpoint, &rec.provider])
+                .observe(fb.duration_since(started).as_secs_f64());
+        }
+        if let Some(u) = rec.usage {
+            m.tokens
+                .with_label_values(&[&rec.provider, &rec.model, "input"])
+                .inc_by(u.input_tokens);
+            m.tokens
+                .with_label_values(&[&rec.provider, &rec.model, "output"])
+                .inc_by(u.output_tokens);
+        }
+        tracing::info!(
+            request_id = %rec.request_id,
+            endpoint = rec.endpoint,
+            model = %rec.model,
+            provider = %rec.provider,
+            status = rec.status,
+            stream = rec.stream,
+            input_tokens = rec.usage.map(|u| u.input_tokens),
+            output_tokens = rec.usage.map(|u| u.output_tokens),
+            ttfb_ms = rec.first_byte.map(|f| f.duration_since(started).as_millis() as u64),
+            latency_ms = elapsed.as_millis() as u64,
+            error = rec.error.as_deref(),
+            "call"
+        );
+    }
+}
+
+/// Counts an open client stream for as long as it lives.
+struct StreamGauge<'a>(&'a Metrics);
+
+impl<'a> StreamGauge<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.active_streams.inc();
+        StreamGauge(m)
+    }
+}
+
+impl Drop for StreamGauge<'_> {
+    fn drop(&mut self) {
+        self.0.active_streams.dec();
+    }
+}
+
+fn authenticate(keys: &ApiKeys, session: &ServerSession) -> Result<Caller, GatewayError> {
+    keys.verify(
+        session.get_header("authorization").map(|v| v.as_bytes()),
+        session.get_header("x-api-key").map(|v| v.as_bytes()),
+    )
+}
+
+/// Read the request body up to `max` bytes. On error, says whether the
+/// connection can still be reused (only if the body was fully read).
+async fn read_request_body(
+    session: &mut ServerSession,
+    max: usize,
+) -> Result<Bytes, (GatewayError, bool)> {
+    let too_large = GatewayError::PayloadTooLarge { limit: max };
+    let declared = session
+        .get_header("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err((too_large, false));
+    }
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > max {
+                    return Err((too_large, false));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => {
+                return Err((
+                    GatewayError::InvalidRequest(format!("could not read the request body: {e}")),
+                    false,
+                ))
+            }
+        }
+    }
+}
+
+fn passthrough_headers(h: &ResponseHeader) -> Vec<(String, Vec<u8>)> {
+    h.headers
+        .iter()
+        .filter(|(k, _)| !DROPPED_RESPONSE_HEADERS.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn models_body(router: &Router, style: ErrorStyle) -> Bytes {
+    let names = router.model_names();
+    let body = match style {
+        ErrorStyle::OpenAi => json!({
+            "object": "list",
+            "data": names.iter().map(|n| {
+                let owner = router.resolve(n).and_then(|t| t.first()).map(|t| t.provider.name.clone()).unwrap_or_default();
+                json!({"id": n, "object": "model", "created": 0, "owned_by": owner})
+            }).collect::<Vec<_>>(),
+        }),
+        ErrorStyle::Anthropic => json!({
+            "data": names.iter().map(|n| json!({
+                "type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"
+            })).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": names.first(),
+            "last_id": names.last(),
+        }),
+    };
+    Bytes::from(body.to_string())
+}
+
+async fn respond_error(
+    session: &mut ServerSession,
+    rec: &mut CallRecord,
+    err: &GatewayError,
+    style: ErrorStyle,
+    keepalive: bool,
+) -> bool {
+    rec.error = Some(err.to_string());
+    if !keepalive {
+        session.set_keepalive(None);
+    }
+    let r = err.render(style);
+    let headers = [("x-tappass-error-code".to_string(), err.code().as_bytes().to_vec())];
+    respond_bytes(session, rec, r.status, r.body, &headers).await && keepalive
+}
+
+async fn respond_json(
+    session: &mut ServerSession,
+    rec: &mut CallRecord,
+    status: u16,
+    body: Bytes,
+    extra: &[(String, Vec<u8>)],
+) -> bool {
+    respond_bytes(session, rec, status, body, extra).await
+}
+
+async fn respond_bytes(
+    session: &mut ServerSession,
+    rec: &mut CallRecord,
+    status: u16,
+    body: Bytes,
+    extra: &[(String, Vec<u8>)],
+) -> bool {
+    rec.status = status;
+    let Ok(mut h) = ResponseHeader::build(status, Some(4 + extra.len())) else {
+        return false;
+    };
+    for (k, v) in extra {
+        let _ = h.insert_header(k.clone(), v.as_slice());
+    }
+    if h.headers.get("content-type").is_none() {
+        let _ = h.insert_header("content-type", "application/json");
+    }
+    let _ = h.insert_header("content-length", body.len().to_string());
+    let _ = h.insert_header("x-tappass-request-id", rec.request_id.as_str());
+    if session.write_response_header(Box::new(h)).await.is_err() {
+        return false;
+    }
+    if !body.is_empty() && session.write_response_body(body, true).await.is_err() {
+        return false;
+    }
+    session.finish_body().await.is_ok()
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read a request");
+                return None;
+            }
+        }
+        let _in_flight = self.lifecycle.track();
+        if *shutdown.borrow() || self.lifecycle.is_draining() {
+            session.set_keepalive(None);
+        }
+        let started = Instant::now();
+        let mut rec = CallRecord {
+            request_id: self.next_request_id(),
+            endpoint: "unknown",
+            model: String::new(),
+            provider: String::new(),
+            status: 0,
+            stream: false,
+            usage: None,
+            error: None,
+            first_byte: None,
+        };
+        let reusable = self.handle(&mut session, &mut rec).await;
+        self.finish_record(&rec, started);
+        if !reusable {
+            return None;
+        }
+        let persistent = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
+            _ => None,
+        }
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.server_options)
+    }
+}

@@ -1,0 +1,31 @@
+//! TapPass data plane: the governed LLM gateway, built on Pingora.
+//!
+//! Module map:
+//! - [`config`]: YAML configuration, validation, the embedded default.
+//! - [`wire`]: endpoints, the normalized request view, upstream body rewrite.
+//! - [`sse`]: incremental Server-Sent Events decoder.
+//! - [`events`]: typed LLM stream events and usage extraction.
+//! - [`relay`]: the stream relay with per-event hooks and bounded hold-back.
+//! - [`error`]: gateway errors and their one mapping to statuses and wire formats.
+//! - [`auth`]: gateway API keys.
+//! - [`providers`]: providers, credentials, circuit breakers, model routing.
+//! - [`upstream`]: upstream attempts, fallback, timeouts.
+//! - [`gateway`]: the client-facing Pingora application.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`mock`]: the deterministic mock LLM provider.
+//! - [`server`]: assembling and running the Pingora server.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod gateway;
+pub mod metrics;
+pub mod mock;
+pub mod providers;
+pub mod relay;
+pub mod server;
+pub mod sse;
+pub mod upstream;
+pub mod wire;

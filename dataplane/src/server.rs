@@ -1,0 +1,219 @@
+//! Assembling the Pingora server: the client listener (TCP or TLS, HTTP/1.1
+//! and HTTP/2), the admin listener, the in-process mock provider when the
+//! configuration uses one, and graceful shutdown.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::{Config, ProviderKind, TlsConfig};
+use crate::gateway::{Gateway, GatewayState};
+use crate::metrics::Metrics;
+use crate::mock::{MockLlm, MockOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot prepare the mock provider socket {path}: {source}")]
+    MockSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    State(String),
+    #[error("TLS setup for {listener} failed: {detail}")]
+    Tls { listener: String, detail: String },
+}
+
+/// Shared run state: whether the gateway is draining, and how many calls are
+/// in flight.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl Lifecycle {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+    /// Count a call in flight for as long as the guard lives.
+    pub fn track(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+}
+
+pub struct InFlight(Arc<Lifecycle>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// SIGTERM drains: readiness turns to 503 and new responses close their
+/// connections, calls in flight get up to the configured time to finish,
+/// then the listeners stop. SIGINT stops at once.
+struct DrainingSignals {
+    lifecycle: Arc<Lifecycle>,
+    drain_for: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainingSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = term.recv() => {}
+            _ = quit.recv() => {}
+        }
+        self.lifecycle.draining.store(true, Ordering::Release);
+        tracing::info!(in_flight = self.lifecycle.in_flight(), "draining before shutdown");
+        let start = Instant::now();
+        while self.lifecycle.in_flight() > 0 && start.elapsed() < self.drain_for {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+            }
+        }
+        tracing::info!(in_flight = self.lifecycle.in_flight(), "drained; stopping");
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+fn tls_settings(listener: &str, tls: &TlsConfig) -> Result<TlsSettings, ServerError> {
+    let err = |detail: String| ServerError::Tls {
+        listener: listener.into(),
+        detail,
+    };
+    let cert = tls.cert_file.to_str().ok_or_else(|| err("cert path is not UTF-8".into()))?;
+    let key = tls.key_file.to_str().ok_or_else(|| err("key path is not UTF-8".into()))?;
+    let mut settings = TlsSettings::intermediate(cert, key).map_err(|e| err(e.to_string()))?;
+    settings.enable_h2();
+    Ok(settings)
+}
+
+/// Where the in-process mock provider listens for this process.
+fn mock_socket_path() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("tappass-{}", std::process::id()))
+        .join("mock-llm.sock")
+}
+
+/// A gateway ready to run.
+pub struct GatewayServer {
+    server: Server,
+    lifecycle: Arc<Lifecycle>,
+    drain_for: Duration,
+    mock_socket: Option<PathBuf>,
+}
+
+impl GatewayServer {
+    /// Build the Pingora server for `config`.
+    pub fn build(config: &Config) -> Result<GatewayServer, ServerError> {
+        let conf = ServerConf {
+            threads: config.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, |n| n.get())
+            }),
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        let metrics = Arc::new(Metrics::new());
+        let lifecycle = Arc::new(Lifecycle::default());
+
+        let mock_socket = if config.providers.iter().any(|p| p.kind == ProviderKind::Mock) {
+            let path = mock_socket_path();
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            std::fs::create_dir_all(&dir).map_err(|source| ServerError::MockSocket {
+                path: dir.clone(),
+                source,
+            })?;
+            if path.exists() {
+                let _ = std::fs::remove_file(&path);
+            }
+            let mut mock = Service::new(
+                "mock-llm".into(),
+                MockLlm::new(MockOptions::default()),
+            );
+            let path_str = path.to_str().ok_or_else(|| ServerError::MockSocket {
+                path: path.clone(),
+                source: std::io::Error::other("path is not UTF-8"),
+            })?;
+            mock.add_uds(path_str, None);
+            server.add_service(mock);
+            Some(path)
+        } else {
+            None
+        };
+
+        let state =
+            GatewayState::from_config(config, mock_socket.as_ref()).map_err(ServerError::State)?;
+        let gateway = Gateway::new(state, metrics.clone(), lifecycle.clone(), config.h2c);
+        let mut service = Service::new("tappass-gateway".into(), gateway);
+        match &config.tls {
+            Some(tls) => {
+                service.add_tls_with_settings(&config.listen, None, tls_settings("listen", tls)?)
+            }
+            None => service.add_tcp(&config.listen),
+        }
+        server.add_service(service);
+
+        let mut admin = Service::new("tappass-admin".into(), Admin::new(metrics, lifecycle.clone()));
+        match &config.admin_tls {
+            Some(tls) => admin.add_tls_with_settings(
+                &config.admin_listen,
+                None,
+                tls_settings("admin_listen", tls)?,
+            ),
+            None => admin.add_tcp(&config.admin_listen),
+        }
+        server.add_service(admin);
+
+        Ok(GatewayServer {
+            server,
+            lifecycle,
+            drain_for: Duration::from_secs(config.graceful_shutdown_seconds),
+            mock_socket,
+        })
+    }
+
+    /// Run until SIGTERM (drain) or SIGINT (stop now). Blocks.
+    pub fn run(mut self) {
+        self.server.bootstrap();
+        let signals = DrainingSignals {
+            lifecycle: self.lifecycle.clone(),
+            drain_for: self.drain_for,
+        };
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(signals),
+        });
+        if let Some(path) = &self.mock_socket {
+            let _ = std::fs::remove_file(path);
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! The compiled rule set: one Hyperscan database per mode, confirmation with
+//! an anchored second pass, validators, merging.
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use regex_automata::meta::Regex;
+use regex_automata::{Anchored, Input};
+use serde::Serialize;
+
+use crate::evidence::{Evidence, EvidenceKey};
+use crate::hs::{self, Database, Scratch};
+use crate::normalize;
+use crate::rules::{self, Categories, Category, Decode, RuleSpec};
+use crate::validators;
+use crate::{BuildError, ScanError};
+
+/// Maximum length in bytes of a Hyperscan (prefilter) match, checked for
+/// every rule when a rule set is built. A streaming scanner never holds back
+/// more than this many bytes of normalized text, except while a longer
+/// confirmed match (a PEM private-key block, a JWT) is still open; such a
+/// match is bounded by [`MAX_EXTENDED_LEN`].
+pub const MAX_MATCH_LEN: usize = 1024;
+
+/// Maximum length in bytes of a confirmed match (`pattern`), e.g. a PEM key
+/// block that starts with a short prefilter header.
+pub const MAX_EXTENDED_LEN: usize = 16 * 1024;
+
+/// Decoded blobs are scanned again at most this deep.
+const MAX_DECODE_DEPTH: u8 = 1;
+
+/// One detection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub category: Category,
+    pub rule_id: Arc<str>,
+    /// Redaction label (`EMAIL`, `CARD`, `AWS_KEY`, …).
+    pub label: Arc<str>,
+    /// Injection family, exfiltration class or PII type, when the rule has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<Arc<str>>,
+    /// Byte span in the scanned text (absolute stream offsets when streaming).
+    pub span: Range<usize>,
+    pub score: f32,
+    /// When the value was found inside an encoded blob, the blob's encoding;
+    /// `span` then covers the whole blob.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Decode>,
+    pub evidence: Evidence,
+}
+
+pub(crate) struct CompiledRule {
+    pub id: Arc<str>,
+    pub label: Arc<str>,
+    pub family: Option<Arc<str>>,
+    pub category: Category,
+    pub score: f32,
+    pub priority: i32,
+    pub prefix: Option<String>,
+    pub validators: Vec<String>,
+    pub min_entropy: Option<f64>,
+    pub decode: Option<Decode>,
+    pub regex: Regex,
+    pub value_group: bool,
+    /// Maximum length of the prefilter (Hyperscan) match.
+    pub hs_max_len: usize,
+    /// Maximum length of the confirmed match.
+    pub max_len: usize,
+    /// The confirming pattern may extend past the prefilter's end.
+    pub lookahead: bool,
+    pub spec: RuleSpec,
+}
+
+pub(crate) struct Inner {
+    pub uid: u64,
+    pub rules: Vec<CompiledRule>,
+    pub block_db: Database,
+    pub stream_db: Database,
+    /// Block database over injection rules only (for [`RuleSet::score_injection`]).
+    pub injection_db: Option<(Database, Vec<u32>)>,
+    pub proto_scratch: Mutex<Scratch>,
+    pub key: EvidenceKey,
+    pub hold_back: usize,
+}
+
+/// A compiled rule set. Cheap to clone (shared, `Send + Sync`); build it once
+/// per policy snapshot, never on the hot path.
+#[derive(Clone)]
+pub struct RuleSet {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("rules", &self.inner.rules.len())
+            .field("hold_back", &self.inner.hold_back)
+            .finish()
+    }
+}
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+/// A raw detection in normalized-text coordinates.
+#[derive(Debug, Clone)]
+pub(crate) struct Raw {
+    pub rule: u32,
+    pub span: Range<usize>,
+    pub evidence: Evidence,
+    pub encoding: Option<Decode>,
+}
+
+pub(crate) enum Confirm {
+    Done,
+    Pending,
+}
+
+fn regex_syntax_config(caseless: bool) -> regex_automata::util::syntax::Config {
+    regex_automata::util::syntax::Config::new()
+        .unicode(false)
+        .utf8(false)
+        .case_insensitive(caseless)
+}
+
+fn hir_max_len(id: &str, pattern: &str, caseless: bool) -> Result<(usize, usize), BuildError> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .case_insensitive(caseless)
+        .build()
+        .parse(pattern)
+        .map_err(|e| BuildError::Regex {
+            id: id.to_string(),
+            message: e.to_string(),
+        })?;
+    let props = hir.properties();
+    let max = props.maximum_len().ok_or_else(|| BuildError::Unbounded {
+        id: id.to_string(),
+    })?;
+    Ok((props.minimum_len().unwrap_or(0), max))
+}
+
+/// Replace `{domains}` with an escaped alternation of the list.
+fn expand_domains(spec: &RuleSpec, pattern: &str) -> Result<String, BuildError> {
+    match &spec.domains {
+        None => Ok(pattern.to_string()),
+        Some(list) => {
+            let domains = rules::domain_list(list).ok_or_else(|| BuildError::InvalidRule {
+                id: spec.id.clone(),
+                reason: format!("unknown domain list `{list}`"),
+            })?;
+            if domains.is_empty() {
+                return Err(BuildError::InvalidRule {
+                    id: spec.id.clone(),
+                    reason: format!("domain list `{list}` is empty"),
+                });
+            }
+            let alt: Vec<String> = domains
+                .iter()
+                .map(|d| regex_syntax::escape(d.trim_start_matches('.')))
+                .collect();
+            Ok(pattern.replace("{domains}", &format!("(?:{})", alt.join("|"))))
+        }
+    }
+}
+
+/// Strip named-group syntax for Hyperscan (`(?P<v>` -> `(`).
+fn hs_pattern(p: &str) -> String {
+    p.replace("(?P<v>", "(").replace("(?<v>", "(")
+}
+
+impl RuleSet {
+    /// Built-in rules of the chosen categories, with a per-process random
+    /// evidence key.
+    pub fn builtin(cats: &Categories) -> Result<RuleSet, BuildError> {
+        Self::builtin_with_key(cats, EvidenceKey::random())
+    }
+
+    /// Built-in rules with a deployment evidence key.
+    pub fn builtin_with_key(cats: &Categories, key: EvidenceKey) -> Result<RuleSet, BuildError> {
+        let all = rules::builtin_rules()?;
+        let chosen: Vec<RuleSpec> = all
+            .into_iter()
+            .filter(|r| r.decode.is_some() || cats.contains(r.category))
+            .collect();
+        Self::from_rules(chosen, key)
+    }
+
+    /// Compile a rule set. Any rule that does not parse, is unbounded, too
+    /// long, or rejected by Hyperscan fails the build with its id.
+    pub fn from_rules(specs: Vec<RuleSpec>, key: EvidenceKey) -> Result<RuleSet, BuildError> {
+        if specs.iter().all(|s| s.decode.is_some()) {
+            return Err(BuildError::Empty);
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut compiled = Vec::with_capacity(specs.len());
+        let mut hs_patterns = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if !seen.insert(spec.id.clone()) {
+                return Err(BuildError::DuplicateId(spec.id));
+            }
+            for v in &spec.validators {
+                if !validators::VALIDATORS.contains(&v.as_str()) {
+                    return Err(BuildError::InvalidRule {
+                        id: spec.id.clone(),
+                        reason: format!("unknown validator `{v}`"),
+                    });
+                }
+            }
+            if !(0.0..=1.0).contains(&spec.score) {
+                return Err(BuildError::InvalidRule {
+                    id: spec.id.clone(),
+                    reason: "score must be within 0..=1".into(),
+                });
+            }
+            let pattern = expand_domains(&spec, &spec.pattern)?;
+            let prefilter = match &spec.prefilter {
+                Some(p) => expand_domains(&spec, p)?,
+                None => hs_pattern(&pattern),
+            };
+            let (min_hs, hs_max_len) = hir_max_len(&spec.id, &prefilter, spec.caseless)?;
+            if min_hs == 0 {
+                return Err(BuildError::InvalidRule {
+                    id: spec.id.clone(),
+                    reason: "pattern can match the empty string".into(),
+                });
+            }
+            if hs_max_len > MAX_MATCH_LEN {
+                return Err(BuildError::TooLong {
+                    id: spec.id.clone(),
+                    max: hs_max_len,
+                    limit: MAX_MATCH_LEN,
+                });
+            }
+            let (_, max_len) = hir_max_len(&spec.id, &pattern, spec.caseless)?;
+            if max_len > MAX_EXTENDED_LEN {
+                return Err(BuildError::TooLong {
+                    id: spec.id.clone(),
+                    max: max_len,
+                    limit: MAX_EXTENDED_LEN,
+                });
+            }
+            let regex = Regex::builder()
+                .syntax(regex_syntax_config(spec.caseless))
+                .configure(Regex::config().utf8_empty(false))
+                .build(&pattern)
+                .map_err(|e| BuildError::Regex {
+                    id: spec.id.clone(),
+                    message: e.to_string(),
+                })?;
+            let value_group = regex.group_info().to_index(regex_automata::PatternID::ZERO, "v").is_some();
+            hs_patterns.push((prefilter, spec.caseless));
+            compiled.push(CompiledRule {
+                id: Arc::from(spec.id.as_str()),
+                label: Arc::from(spec.label.as_str()),
+                family: spec.family.as_deref().map(Arc::from),
+                category: spec.category,
+                score: spec.score,
+                priority: spec.priority,
+                prefix: spec.prefix.clone(),
+                validators: spec.validators.clone(),
+                min_entropy: spec.min_entropy,
+                decode: spec.decode,
+                regex,
+                value_group,
+                hs_max_len,
+                max_len: max_len.max(hs_max_len),
+                lookahead: spec.prefilter.is_some(),
+                spec,
+            });
+        }
+        let exprs: Vec<hs::Expr<'_>> = hs_patterns
+            .iter()
+            .enumerate()
+            .map(|(i, (p, c))| hs::Expr {
+                pattern: p,
+                id: i as u32,
+                caseless: *c,
+            })
+            .collect();
+        let map_err = |e: hs::HsError| BuildError::Hyperscan {
+            id: e
+                .expression
+                .and_then(|i| compiled.get(i))
+                .map(|r| r.id.to_string())
+                .unwrap_or_else(|| "<database>".into()),
+            message: e.message,
+        };
+        let block_db = Database::compile(&exprs, hs::Mode::Block).map_err(map_err)?;
+        let stream_db = Database::compile(&exprs, hs::Mode::Stream).map_err(map_err)?;
+        let inj: Vec<(hs::Expr<'_>, u32)> = exprs
+            .iter()
+            .filter(|e| compiled[e.id as usize].category == Category::Injection)
+            .map(|e| {
+                (
+                    hs::Expr {
+                        pattern: e.pattern,
+                        id: e.id,
+                        caseless: true,
+                    },
+                    e.id,
+                )
+            })
+            .collect();
+        let injection_db = if inj.is_empty() {
+            None
+        } else {
+            let ids = inj.iter().map(|(_, i)| *i).collect();
+            let ex: Vec<hs::Expr<'_>> = inj.into_iter().map(|(e, _)| e).collect();
+            Some((Database::compile(&ex, hs::Mode::Block).map_err(map_err)?, ids))
+        };
+        let hs_err = |e: hs::HsError| BuildError::Hyperscan {
+            id: "<scratch>".into(),
+            message: e.message,
+        };
+        let mut scratch = block_db.alloc_scratch().map_err(hs_err)?;
+        stream_db.grow_scratch(&mut scratch).map_err(hs_err)?;
+        if let Some((db, _)) = &injection_db {
+            db.grow_scratch(&mut scratch).map_err(hs_err)?;
+        }
+        let hold_back = compiled.iter().map(|r| r.hs_max_len).max().unwrap_or(0);
+        drop(exprs);
+        Ok(RuleSet {
+            inner: Arc::new(Inner {
+                uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+                rules: compiled,
+                block_db,
+                stream_db,
+                injection_db,
+                proto_scratch: Mutex::new(scratch),
+                key,
+                hold_back,
+            }),
+        })
+    }
+
+    /// Number of rules (including internal decoding rules).
+    pub fn len(&self) -> usize {
+        self.inner.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.rules.is_empty()
+    }
+
+    /// Rule specs in this set.
+    pub fn rules(&self) -> impl Iterator<Item = &RuleSpec> {
+        self.inner.rules.iter().map(|r| &r.spec)
+    }
+
+    /// Bytes a streaming scanner holds back (the longest prefilter match of
+    /// this set, ≤ [`MAX_MATCH_LEN`]).
+    pub fn hold_back(&self) -> usize {
+        self.inner.hold_back
+    }
+
+    /// Size of the compiled block-mode database in bytes.
+    pub fn database_size(&self) -> usize {
+        self.inner.block_db.size()
+    }
+
+    pub(crate) fn take_scratch(&self) -> Result<Scratch, ScanError> {
+        let uid = self.inner.uid;
+        let cached = SCRATCH.with(|c| {
+            let mut c = c.borrow_mut();
+            c.iter()
+                .position(|(u, _)| *u == uid)
+                .map(|i| c.swap_remove(i).1)
+        });
+        match cached {
+            Some(s) => Ok(s),
+            None => {
+                let proto = self
+                    .inner
+                    .proto_scratch
+                    .lock()
+                    .map_err(|_| ScanError("scratch prototype poisoned".into()))?;
+                proto.try_clone().map_err(|e| ScanError(e.message))
+            }
+        }
+    }
+
+    pub(crate) fn put_scratch(&self, s: Scratch) {
+        let uid = self.inner.uid;
+        SCRATCH.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= 8 {
+                c.remove(0);
+            }
+            c.push((uid, s));
+        });
+    }
+
+    /// Raw Hyperscan scan of the block database without confirmation (for
+    /// benchmarks: the "raw" baseline). Returns the number of reported ends.
+    pub fn raw_hyperscan_count(&self, text: &[u8]) -> Result<u64, ScanError> {
+        let mut scratch = self.take_scratch()?;
+        let mut n = 0u64;
+        let r = self
+            .inner
+            .block_db
+            .scan(text, &mut scratch, &mut |_, _| n += 1);
+        self.put_scratch(scratch);
+        r.map_err(|e| ScanError(e.message))?;
+        Ok(n)
+    }
+
+    /// Scan a complete text. Findings are sorted by span start; spans are byte
+    /// ranges of `text` on character boundaries.
+    pub fn scan(&self, text: &str) -> Result<Vec<Finding>, ScanError> {
+        let raws = if text.is_ascii() {
+            self.scan_normalized(text.as_bytes(), 0)?
+        } else {
+            let (norm, map) = normalize::normalize_for_scan(text);
+            let mut raws = self.scan_normalized(norm.as_bytes(), 0)?;
+            if !map.is_identity() {
+                for r in &mut raws {
+                    r.span = map.to_orig(r.span.start)..map.to_orig(r.span.end);
+                }
+            }
+            raws
+        };
+        Ok(raws
+            .into_iter()
+            .map(|r| {
+                let span = snap(text.as_bytes(), r.span.clone());
+                self.finding(r, span)
+            })
+            .collect())
+    }
+
+    pub(crate) fn finding(&self, r: Raw, span: Range<usize>) -> Finding {
+        let rule = &self.inner.rules[r.rule as usize];
+        Finding {
+            category: rule.category,
+            rule_id: rule.id.clone(),
+            label: rule.label.clone(),
+            family: rule.family.clone(),
+            span,
+            score: rule.score,
+            encoding: r.encoding,
+            evidence: r.evidence,
+        }
+    }
+
+    /// Scan normalized bytes (block mode), confirm, decode, merge.
+    pub(crate) fn scan_normalized(&self, hay: &[u8], depth: u8) -> Result<Vec<Raw>, ScanError> {
+        let mut hits: Vec<(u32, usize)> = Vec::new();
+        let mut scratch = self.take_scratch()?;
+        let res = self.inner.block_db.scan(hay, &mut scratch, &mut |id, to| {
+            hits.push((id, to as usize));
+        });
+        self.put_scratch(scratch);
+        res.map_err(|e| ScanError(e.message))?;
+        let mut out = Vec::new();
+        if hits.is_empty() {
+            return Ok(out);
+        }
+        hits.sort_unstable();
+        let mut i = 0;
+        while i < hits.len() {
+            let (rule, first) = hits[i];
+            let gap = self.inner.rules[rule as usize].hs_max_len;
+            let mut last = first;
+            let mut j = i + 1;
+            while j < hits.len() && hits[j].0 == rule && hits[j].1 <= last + gap {
+                last = hits[j].1;
+                j += 1;
+            }
+            self.confirm(rule, first, last, hay, 0, true, depth, &mut out);
+            i = j;
+        }
+        Ok(merge(&self.inner.rules, out))
+    }
+
+    /// Confirm one cluster of prefilter ends `[first, last]` of `rule`.
+    /// `hay` holds normalized bytes starting at absolute offset `base`;
+    /// reported spans are absolute.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn confirm(
+        &self,
+        rule_ix: u32,
+        first: usize,
+        last: usize,
+        hay: &[u8],
+        base: usize,
+        finished: bool,
+        depth: u8,
+        out: &mut Vec<Raw>,
+    ) -> Confirm {
+        let rule = &self.inner.rules[rule_ix as usize];
+        if rule.decode.is_some() && depth >= MAX_DECODE_DEPTH {
+            return Confirm::Done;
+        }
+        let avail = base + hay.len();
+        let lo_abs = first.saturating_sub(rule.hs_max_len).max(base);
+        let hi_abs = if rule.lookahead {
+            (last + rule.max_len).min(avail)
+        } else {
+            last.min(avail)
+        };
+        if lo_abs >= hi_abs {
+            return Confirm::Done;
+        }
+        let lo = floor_char(hay, lo_abs - base);
+        let hi = hi_abs - base;
+        let input = Input::new(hay).span(lo..hi);
+        let mut matches: Vec<Range<usize>> = Vec::new();
+        for m in rule.regex.find_iter(input) {
+            if m.end() == hay.len() && !finished && m.len() < rule.max_len {
+                return Confirm::Pending;
+            }
+            matches.push(m.range());
+        }
+        if matches.is_empty() && rule.lookahead && !finished && last + rule.max_len > avail {
+            return Confirm::Pending;
+        }
+        for m in matches {
+            let mut v = m.clone();
+            if rule.value_group {
+                let mut caps = rule.regex.create_captures();
+                rule.regex
+                    .search_captures(&Input::new(hay).span(m.clone()).anchored(Anchored::Yes), &mut caps);
+                if let Some(g) = caps.get_group_by_name("v") {
+                    v = g.range();
+                } else {
+                    continue;
+                }
+            }
+            let v = snap(hay, v);
+            if v.is_empty() {
+                continue;
+            }
+            let Some(v) = validate(rule, hay, v) else {
+                continue;
+            };
+            let value = String::from_utf8_lossy(&hay[v.clone()]);
+            if let Some(kind) = rule.decode {
+                if let Some(decoded) = decode_as(kind, &value) {
+                    let (norm, _) = normalize::normalize_for_scan(&decoded);
+                    if let Ok(inner) = self.scan_normalized(norm.as_bytes(), depth + 1) {
+                        for r in inner {
+                            out.push(Raw {
+                                rule: r.rule,
+                                span: base + v.start..base + v.end,
+                                evidence: r.evidence,
+                                encoding: Some(kind),
+                            });
+                        }
+                    }
+                }
+                continue;
+            }
+            let evidence = Evidence::new(&self.inner.key, &value, rule.prefix.as_deref(), &rule.label);
+            out.push(Raw {
+                rule: rule_ix,
+                span: base + v.start..base + v.end,
+                evidence,
+                encoding: None,
+            });
+        }
+        Confirm::Done
+    }
+
+    pub(crate) fn rule(&self, ix: u32) -> &CompiledRule {
+        &self.inner.rules[ix as usize]
+    }
+
+    pub(crate) fn key(&self) -> &EvidenceKey {
+        &self.inner.key
+    }
+}
+
+fn decode_as(kind: Decode, value: &str) -> Option<String> {
+    match kind {
+        Decode::Base64 | Decode::Hex | Decode::Url => normalize::decode_blob(value),
+    }
+}
+
+fn validate(rule: &CompiledRule, hay: &[u8], mut v: Range<usize>) -> Option<Range<usize>> {
+    for name in &rule.validators {
+        let value = std::str::from_utf8(&hay[v.clone()]).ok()?;
+        let sub = validators::run(name, value)?;
+        v = v.start + sub.start..v.start + sub.end;
+        if v.is_empty() {
+            return None;
+        }
+    }
+    if let Some(min) = rule.min_entropy {
+        let value = std::str::from_utf8(&hay[v.clone()]).ok()?;
+        if validators::shannon_entropy(value) < min {
+            return None;
+        }
+    }
+    Some(v)
+}
+
+fn is_cont(b: u8) -> bool {
+    (b & 0xC0) == 0x80
+}
+
+/// Round `i` down to a UTF-8 character boundary of `b`.
+pub(crate) fn floor_char(b: &[u8], mut i: usize) -> usize {
+    i = i.min(b.len());
+    while i > 0 && i < b.len() && is_cont(b[i]) {
+        i -= 1;
+    }
+    i
+}
+
+/// Round `i` up to a UTF-8 character boundary of `b`.
+pub(crate) fn ceil_char(b: &[u8], mut i: usize) -> usize {
+    i = i.min(b.len());
+    while i < b.len() && is_cont(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Widen a span to character boundaries.
+pub(crate) fn snap(b: &[u8], r: Range<usize>) -> Range<usize> {
+    floor_char(b, r.start)..ceil_char(b, r.end.max(r.start))
+}
+
+/// Drop repeated matches of one rule and findings contained in a
+/// higher-priority finding; sort by position.
+pub(crate) fn merge(rules: &[CompiledRule], mut v: Vec<Raw>) -> Vec<Raw> {
+    if v.len() < 2 {
+        return v;
+    }
+    v.sort_by(|a, b| {
+        a.span
+            .start
+            .cmp(&b.span.start)
+            .then(b.span.end.cmp(&a.span.end))
+            .then(a.rule.cmp(&b.rule))
+    });
+    let mut keep = vec![true; v.len()];
+    for i in 0..v.len() {
+        if !keep[i] {
+            continue;
+        }
+        let mut j = i + 1;
+        while j < v.len() && v[j].span.start < v[i].span.end {
+            if keep[j] {
+                let (a, b) = (&v[i], &v[j]);
+                let (ra, rb) = (&rules[a.rule as usize], &rules[b.rule as usize]);
+                let b_inside_a = b.span.end <= a.span.end;
+                let same_span = a.span == b.span;
+                if a.rule == b.rule && a.encoding == b.encoding {
+                    // same rule overlapping itself: keep the first (longest)
+                    keep[j] = false;
+                } else if b_inside_a && ra.category == rb.category && ra.priority > rb.priority {
+                    keep[j] = false;
+                } else if same_span && ra.category == rb.category && rb.priority > ra.priority {
+                    keep[i] = false;
+                    break;
+                }
+            }
+            j += 1;
+        }
+    }
+    // a later, higher-priority finding may contain an earlier one that starts
+    // at the same position; handled by the same_span branch above.
+    v.into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
+        .collect()
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<(u64, Scratch)>> = const { RefCell::new(Vec::new()) };
+}

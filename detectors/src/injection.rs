@@ -1,0 +1,142 @@
+//! Prompt-injection and jailbreak scoring.
+//!
+//! The text is normalized aggressively ([`normalize_for_injection`]: NFKC,
+//! invisible characters removed, homoglyphs and leetspeak folded, spaced
+//! letters joined), encoded blobs (base64, hex, URL-encoding) above 16
+//! characters are decoded and normalized too, and every variant is matched
+//! against the injection rules (a dedicated Hyperscan database). Each rule
+//! belongs to a family and carries a weight (`score`); per family the highest
+//! weight counts, and families combine as a noisy-or:
+//! `score = 1 − Π(1 − w_family)`. The policy decides the threshold.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::engine::RuleSet;
+use crate::normalize::{decode_blob, normalize_for_injection};
+use crate::ScanError;
+
+/// Threshold used when a policy does not set one.
+pub const DEFAULT_INJECTION_THRESHOLD: f32 = 0.5;
+
+/// Minimum length of an encoded blob that is decoded and scanned.
+pub const MIN_ENCODED_BLOB: usize = 16;
+
+/// Result of [`RuleSet::score_injection`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InjectionScore {
+    /// Combined score in `0..=1`.
+    pub score: f32,
+    /// Highest weight per family that matched.
+    pub families: BTreeMap<Arc<str>, f32>,
+    /// Rule ids that matched.
+    pub rules: Vec<Arc<str>>,
+    /// Some match was found only in decoded (base64/hex/URL) content.
+    pub from_encoded: bool,
+}
+
+impl InjectionScore {
+    /// Whether the score reaches a policy threshold.
+    pub fn exceeds(&self, threshold: f32) -> bool {
+        self.score >= threshold
+    }
+}
+
+/// Weight added (as its own family, `encoded-payload`) when an injection
+/// pattern is found inside an encoded blob: hiding instructions in base64 is
+/// itself a signal.
+const ENCODED_WEIGHT: f32 = 0.35;
+
+impl RuleSet {
+    /// Score `text` for prompt injection / jailbreak. Returns a zero score
+    /// when the rule set has no injection rules.
+    pub fn score_injection(&self, text: &str) -> Result<InjectionScore, ScanError> {
+        let mut families: BTreeMap<Arc<str>, f32> = BTreeMap::new();
+        let mut rules: Vec<Arc<str>> = Vec::new();
+        let mut from_encoded = false;
+        let Some((db, ids)) = &self.inner.injection_db else {
+            return Ok(InjectionScore {
+                score: 0.0,
+                families,
+                rules,
+                from_encoded,
+            });
+        };
+        let mut variants = vec![(normalize_for_injection(text), false)];
+        for blob in encoded_blobs(text) {
+            if let Some(decoded) = decode_blob(blob) {
+                variants.push((normalize_for_injection(&decoded), true));
+            }
+        }
+        let mut scratch = self.take_scratch()?;
+        let mut result = Ok(());
+        for (v, encoded) in &variants {
+            let mut hit_ids: Vec<u32> = Vec::new();
+            if let Err(e) = db.scan(v.as_bytes(), &mut scratch, &mut |id, _| hit_ids.push(id)) {
+                result = Err(ScanError(e.message));
+                break;
+            }
+            hit_ids.sort_unstable();
+            hit_ids.dedup();
+            for id in hit_ids {
+                let Some(&rix) = ids.get(id as usize) else {
+                    continue;
+                };
+                let rule = self.rule(rix);
+                let fam: Arc<str> = rule.family.clone().unwrap_or_else(|| rule.id.clone());
+                let w = families.entry(fam).or_insert(0.0);
+                *w = w.max(rule.score);
+                if !rules.contains(&rule.id) {
+                    rules.push(rule.id.clone());
+                }
+                if *encoded {
+                    from_encoded = true;
+                }
+            }
+        }
+        self.put_scratch(scratch);
+        result?;
+        if from_encoded {
+            let w = families.entry(Arc::from("encoded-payload")).or_insert(0.0);
+            *w = w.max(ENCODED_WEIGHT);
+        }
+        let keep: f32 = families.values().map(|w| 1.0 - w.clamp(0.0, 1.0)).product();
+        Ok(InjectionScore {
+            score: (1.0 - keep).clamp(0.0, 1.0),
+            families,
+            rules,
+            from_encoded,
+        })
+    }
+}
+
+/// Maximal runs that may be encoded payloads: base64/base64url/hex runs and
+/// whitespace-delimited tokens with at least three percent-escapes.
+fn encoded_blobs(text: &str) -> Vec<&str> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let is_b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_' | b'=');
+    let mut i = 0;
+    while i < b.len() {
+        if is_b64(b[i]) {
+            let s = i;
+            while i < b.len() && is_b64(b[i]) {
+                i += 1;
+            }
+            if i - s >= MIN_ENCODED_BLOB {
+                out.push(&text[s..i]);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    for tok in text.split_whitespace() {
+        if tok.len() >= MIN_ENCODED_BLOB && tok.matches('%').count() >= 3 {
+            out.push(tok);
+        }
+    }
+    out.truncate(64);
+    out
+}

@@ -1,0 +1,77 @@
+//! TapPass content detection.
+//!
+//! Pure (no I/O): rule sets are compiled from embedded data files in
+//! `detectors/rules/` into Hyperscan databases, and scanned in block mode
+//! ([`RuleSet::scan`]) or chunk by chunk ([`RuleSet::stream_scanner`]).
+//! Detectors report [`Finding`]s; deciding allow/deny is the pipeline's job.
+//!
+//! # Pipeline of one scan
+//! 1. Normalize ([`normalize::normalize_for_scan`]): zero-width and tag
+//!    characters removed, homoglyphs and compatibility forms folded, with an
+//!    offset map back to the original text (pure ASCII passes untouched).
+//! 2. One Hyperscan scan over all rules reports match *end* offsets.
+//! 3. Per rule, nearby ends are clustered and confirmed by an anchored
+//!    second pass with the `regex` engine in a window of at most the rule's
+//!    maximum match length, then validators (Luhn, mod-97, check digits,
+//!    entropy …) run on the value.
+//! 4. Blobs matched by decoding rules (base64, hex, URL-encoding) are decoded
+//!    and scanned again (one level), findings cover the blob.
+//! 5. Repeated and contained matches are merged.
+//!
+//! # Streaming
+//! [`StreamScanner::feed`] returns the findings a chunk completes and
+//! `safe_to_release`: every match is bounded ([`MAX_MATCH_LEN`] for the
+//! Hyperscan part, [`MAX_EXTENDED_LEN`] for long confirmed matches such as
+//! PEM blocks), so bytes before `total − hold_back` (and before any open
+//! match) can be released after redaction.
+//!
+//! # Not covered
+//! Personal names, postal addresses and free-text medical data need NER and
+//! are not detected. Phone numbers are recognized by format (E.164 and common
+//! national layouts), not validated against numbering plans. National IDs
+//! without a checksum (UK NINO) are format-checked only.
+
+pub mod engine;
+pub mod evidence;
+pub mod hs;
+pub mod injection;
+pub mod normalize;
+pub mod redact;
+pub mod rules;
+pub mod stream;
+#[doc(hidden)]
+pub mod testgen;
+pub mod validators;
+
+pub use engine::{Finding, RuleSet, MAX_EXTENDED_LEN, MAX_MATCH_LEN};
+pub use evidence::{Evidence, EvidenceKey};
+pub use injection::{InjectionScore, DEFAULT_INJECTION_THRESHOLD};
+pub use redact::{redact, redact_window, Pseudonyms, RedactMode};
+pub use rules::{Categories, Category, Decode, RuleSpec};
+pub use stream::{Feed, StreamScanner};
+
+/// A rule set could not be built. Never silently drops a rule.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("rule file {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("rule `{id}`: {reason}")]
+    InvalidRule { id: String, reason: String },
+    #[error("rule `{id}`: invalid regex: {message}")]
+    Regex { id: String, message: String },
+    #[error("rule `{id}`: Hyperscan rejected the pattern: {message}")]
+    Hyperscan { id: String, message: String },
+    #[error("rule `{id}`: pattern has no maximum length (bound every repetition)")]
+    Unbounded { id: String },
+    #[error("rule `{id}`: maximum match length {max} exceeds the limit {limit}")]
+    TooLong { id: String, max: usize, limit: usize },
+    #[error("duplicate rule id `{0}`")]
+    DuplicateId(String),
+    #[error("rule set has no detection rules")]
+    Empty,
+}
+
+/// A scan could not run (Hyperscan runtime failure). Callers fail closed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("scan failed: {0}")]
+pub struct ScanError(pub String);

@@ -1,0 +1,217 @@
+//! Streaming scanner: fed chunk by chunk, finds matches that span chunk
+//! boundaries, and reports how many bytes are safe to release.
+
+use crate::engine::{floor_char, merge, Confirm, Finding, Raw, RuleSet};
+use crate::hs::{Scratch, Stream};
+use crate::normalize::{self, OffsetMap};
+use crate::ScanError;
+
+/// Result of feeding one chunk.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Feed {
+    /// Findings confirmed by this chunk (spans are absolute offsets in the
+    /// original stream).
+    pub findings: Vec<Finding>,
+    /// Number of bytes from the start of the stream that can be released:
+    /// no finding can still start before this offset. Monotonic; always on a
+    /// character boundary of the original stream.
+    pub safe_to_release: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cluster {
+    rule: u32,
+    first: usize,
+    last: usize,
+}
+
+/// A streaming scanner for one text stream (one response, one message).
+///
+/// Holds a Hyperscan stream, its own scratch, and a bounded window of
+/// normalized text (at most [`RuleSet::hold_back`] bytes plus any match that
+/// is still open). Per-chunk work allocates nothing proportional to the
+/// stream.
+pub struct StreamScanner {
+    rs: RuleSet,
+    hs: Option<Stream>,
+    scratch: Scratch,
+    /// Normalized bytes starting at absolute normalized offset `base`.
+    buf: Vec<u8>,
+    base: usize,
+    map: OffsetMap,
+    orig_total: usize,
+    clusters: Vec<Cluster>,
+    hits: Vec<(u32, usize)>,
+    /// Per rule: end of the last emitted finding (absolute normalized).
+    emitted_until: Vec<usize>,
+    released: usize,
+    finished: bool,
+}
+
+impl RuleSet {
+    /// Start a streaming scan.
+    pub fn stream_scanner(&self) -> Result<StreamScanner, ScanError> {
+        let scratch = self.take_scratch()?;
+        let hs = self
+            .inner
+            .stream_db
+            .open_stream()
+            .map_err(|e| ScanError(e.message))?;
+        Ok(StreamScanner {
+            rs: self.clone(),
+            hs: Some(hs),
+            scratch,
+            buf: Vec::with_capacity(4096),
+            base: 0,
+            map: OffsetMap::new(),
+            orig_total: 0,
+            clusters: Vec::new(),
+            hits: Vec::new(),
+            emitted_until: vec![0; self.len()],
+            released: 0,
+            finished: false,
+        })
+    }
+}
+
+impl StreamScanner {
+    /// Bytes of the original stream fed so far.
+    pub fn total(&self) -> usize {
+        self.orig_total
+    }
+
+    /// Feed the next chunk.
+    pub fn feed(&mut self, chunk: &str) -> Result<Feed, ScanError> {
+        if self.finished {
+            return Err(ScanError("feed after finish".into()));
+        }
+        let norm_start = self.base + self.buf.len();
+        let buf_start = self.buf.len();
+        normalize::normalize_append(chunk, self.orig_total, norm_start, &mut self.buf, &mut self.map);
+        self.orig_total += chunk.len();
+        let hits = &mut self.hits;
+        hits.clear();
+        if let Some(hs) = self.hs.as_mut() {
+            hs.scan(&self.buf[buf_start..], &mut self.scratch, &mut |id, to| {
+                hits.push((id, to as usize))
+            })
+            .map_err(|e| ScanError(e.message))?;
+        }
+        self.absorb_hits();
+        self.step(false)
+    }
+
+    /// End of stream: report matches that needed end-of-data and everything
+    /// still pending. All bytes are then safe to release.
+    pub fn finish(&mut self) -> Result<Feed, ScanError> {
+        if self.finished {
+            return Ok(Feed {
+                findings: Vec::new(),
+                safe_to_release: self.orig_total,
+            });
+        }
+        let hits = &mut self.hits;
+        hits.clear();
+        if let Some(hs) = self.hs.take() {
+            hs.close(&mut self.scratch, &mut |id, to| hits.push((id, to as usize)))
+                .map_err(|e| ScanError(e.message))?;
+        }
+        self.absorb_hits();
+        self.finished = true;
+        self.step(true)
+    }
+
+    fn absorb_hits(&mut self) {
+        for &(rule, end) in &self.hits {
+            let gap = self.rs.rule(rule).hs_max_len;
+            match self
+                .clusters
+                .iter_mut()
+                .rev()
+                .find(|c| c.rule == rule && end <= c.last + gap)
+            {
+                Some(c) => c.last = c.last.max(end),
+                None => self.clusters.push(Cluster {
+                    rule,
+                    first: end,
+                    last: end,
+                }),
+            }
+        }
+    }
+
+    fn step(&mut self, finished: bool) -> Result<Feed, ScanError> {
+        let mut raws: Vec<Raw> = Vec::new();
+        let mut i = 0;
+        while i < self.clusters.len() {
+            let c = self.clusters[i];
+            let before = raws.len();
+            match self.rs.confirm(
+                c.rule, c.first, c.last, &self.buf, self.base, finished, 0, &mut raws,
+            ) {
+                Confirm::Pending => {
+                    raws.truncate(before);
+                    i += 1;
+                }
+                Confirm::Done => {
+                    self.clusters.swap_remove(i);
+                }
+            }
+        }
+        // repeated matches of a rule across clusters
+        raws.retain(|r| r.span.start >= self.emitted_until[r.rule as usize] || r.encoding.is_some());
+        let raws = merge(self.rs.rules_slice(), raws);
+        for r in &raws {
+            let e = &mut self.emitted_until[r.rule as usize];
+            *e = (*e).max(r.span.end);
+        }
+        let findings = raws
+            .into_iter()
+            .map(|r| {
+                let span = self.map.to_orig(r.span.start)..self.map.to_orig(r.span.end);
+                self.rs.finding(r, span)
+            })
+            .collect();
+
+        // Safe to release: nothing can start before the hold-back window or
+        // before an open cluster's window.
+        let end = self.base + self.buf.len();
+        let safe_norm = if finished {
+            end
+        } else {
+            let mut s = end.saturating_sub(self.rs.hold_back());
+            for c in &self.clusters {
+                let lo = c.first.saturating_sub(self.rs.rule(c.rule).hs_max_len);
+                s = s.min(lo);
+            }
+            s.max(self.base)
+        };
+        let safe_norm = self.base + floor_char(&self.buf, safe_norm - self.base);
+        let safe_orig = if finished {
+            self.orig_total
+        } else {
+            self.map.to_orig(safe_norm).min(self.orig_total)
+        };
+        self.released = self.released.max(safe_orig);
+
+        // Trim the window: keep a little context before anything that can
+        // still be examined (for \b and other look-behind assertions).
+        let keep_from = safe_norm.saturating_sub(16).max(self.base);
+        let drop = keep_from - self.base;
+        if drop >= 4096 || (drop > 0 && drop * 2 >= self.buf.len()) {
+            self.buf.drain(..drop);
+            self.base = keep_from;
+            self.map.forget_before(keep_from);
+        }
+        Ok(Feed {
+            findings,
+            safe_to_release: self.released,
+        })
+    }
+}
+
+impl RuleSet {
+    pub(crate) fn rules_slice(&self) -> &[crate::engine::CompiledRule] {
+        &self.inner.rules
+    }
+}
