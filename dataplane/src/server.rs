@@ -217,3 +217,20 @@ impl GatewayServer {
         }
     }
 }
+
+/// Run the mock LLM provider alone on a TCP address until SIGTERM/SIGINT.
+/// Blocks.
+pub fn run_mock_server(listen: &str, options: MockOptions, threads: usize) {
+    let conf = ServerConf {
+        threads: threads.max(1),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut service = Service::new("mock-llm".into(), MockLlm::new(options));
+    service.add_tcp(listen);
+    server.add_service(service);
+    server.bootstrap();
+    server.run(RunArgs::default());
+}

@@ -1,0 +1,208 @@
+//! Test harness: real `tappass-gateway` and `tappass-mock-llm` processes on
+//! ephemeral loopback ports, stopped when dropped.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "tp-test-key";
+
+pub fn key_hash() -> String {
+    tappass_dataplane::auth::hash_key(KEY)
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tappass-gateway"))
+        .parent()
+        .expect("binary directory")
+        .to_path_buf()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("{what} exited early with {status}: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not listen on port {port} within 20 s");
+}
+
+/// A running process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Proc {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Send SIGTERM (graceful drain) and wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("process exit")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `tappass-mock-llm` with extra arguments.
+pub fn start_mock(args: &[&str]) -> Proc {
+    let path = bin_dir().join("tappass-mock-llm");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p tappass-benches` (make test does)",
+        path.display()
+    );
+    let port = free_port();
+    let mut child = Command::new(path)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tappass-mock-llm");
+    wait_for_port(port, &mut child, "tappass-mock-llm");
+    Proc { child, port }
+}
+
+/// A gateway started from a YAML config body (listen addresses are added).
+pub struct Gateway {
+    pub proc: Proc,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn start(config_body: &str) -> Gateway {
+        Self::start_with_env(config_body, &[])
+    }
+
+    pub fn start_with_env(config_body: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let admin_port = free_port();
+        let config = format!(
+            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\ngraceful_shutdown_seconds: 10\napi_keys:\n  - name: tests\n    sha256: {}\n{config_body}",
+            key_hash()
+        );
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tappass-gateway"));
+        cmd.arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start tappass-gateway");
+        wait_for_port(port, &mut child, "tappass-gateway");
+        wait_for_port(admin_port, &mut child, "tappass-gateway admin");
+        Gateway {
+            proc: Proc { child, port },
+            admin_port,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.proc.url())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// An OpenAI chat request body.
+pub fn chat(model: &str, text: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}],
+    })
+}
+
+/// POST a JSON body with the test key.
+pub async fn post(gw: &Gateway, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    client()
+        .post(gw.url(path))
+        .bearer_auth(KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+/// Number of calls a mock has answered.
+pub async fn mock_calls(mock: &Proc) -> u64 {
+    let v: serde_json::Value = client()
+        .get(format!("{}/__mock/requests", mock.url()))
+        .send()
+        .await
+        .expect("mock reachable")
+        .json()
+        .await
+        .expect("json");
+    v["calls"].as_u64().expect("calls")
+}
+
+/// The text of an OpenAI chat SSE body, and whether it ended with [DONE].
+pub fn chat_stream_text(body: &str) -> (String, bool) {
+    let mut text = String::new();
+    let mut done = false;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).expect("chunk is JSON");
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    (text, done)
+}
