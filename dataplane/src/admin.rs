@@ -26,7 +26,11 @@ impl Admin {
 
     fn answer(&self, method: &str, path: &str, shutting_down: bool) -> (u16, &'static str, Bytes) {
         if method != "GET" && method != "HEAD" {
-            return (405, "text/plain", Bytes::from_static(b"method not allowed\n"));
+            return (
+                405,
+                "text/plain",
+                Bytes::from_static(b"method not allowed\n"),
+            );
         }
         match path {
             "/healthz" => (200, "text/plain", Bytes::from_static(b"ok\n")),
@@ -59,7 +63,8 @@ impl HttpServerApp for Admin {
         let (status, ctype, body) = self.answer(&method, &path, *shutdown.borrow());
         let mut h = ResponseHeader::build(status, Some(2)).ok()?;
         h.insert_header("content-type", ctype).ok()?;
-        h.insert_header("content-length", body.len().to_string()).ok()?;
+        h.insert_header("content-length", body.len().to_string())
+            .ok()?;
         session.write_response_header(Box::new(h)).await.ok()?;
         if method != "HEAD" {
             session.write_response_body(body, true).await.ok()?;

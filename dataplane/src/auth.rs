@@ -55,12 +55,14 @@ impl ApiKeys {
                 }
                 token.trim().to_string()
             }
-            (None, Some(k)) => std::str::from_utf8(k).map_err(|_| bad_header())?.trim().to_string(),
-            (None, None) => {
-                return Err(GatewayError::Unauthorized(
-                    "missing gateway API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`".into(),
-                ))
-            }
+            (None, Some(k)) => std::str::from_utf8(k)
+                .map_err(|_| bad_header())?
+                .trim()
+                .to_string(),
+            (None, None) => return Err(GatewayError::Unauthorized(
+                "missing gateway API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
+                    .into(),
+            )),
         };
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
@@ -73,9 +75,7 @@ impl ApiKeys {
             Some(name) => Ok(Caller {
                 key_name: name.clone(),
             }),
-            None => Err(GatewayError::Unauthorized(
-                "invalid gateway API key".into(),
-            )),
+            None => Err(GatewayError::Unauthorized("invalid gateway API key".into())),
         }
     }
 }
@@ -98,9 +98,20 @@ mod tests {
     #[test]
     fn bearer_and_x_api_key_are_accepted() {
         let k = keys();
-        assert_eq!(k.verify(Some(b"Bearer tp-secret"), None).unwrap().key_name, "team-a");
-        assert_eq!(k.verify(Some(b"bearer  tp-secret "), None).unwrap().key_name, "team-a");
-        assert_eq!(k.verify(None, Some(b"tp-secret")).unwrap().key_name, "team-a");
+        assert_eq!(
+            k.verify(Some(b"Bearer tp-secret"), None).unwrap().key_name,
+            "team-a"
+        );
+        assert_eq!(
+            k.verify(Some(b"bearer  tp-secret "), None)
+                .unwrap()
+                .key_name,
+            "team-a"
+        );
+        assert_eq!(
+            k.verify(None, Some(b"tp-secret")).unwrap().key_name,
+            "team-a"
+        );
     }
 
     #[test]
@@ -115,7 +126,10 @@ mod tests {
             (None, Some(&b"sk-ant-wrong"[..])),
             (None, Some(&b""[..])),
         ] {
-            assert!(matches!(k.verify(a, x), Err(GatewayError::Unauthorized(_))), "{a:?} {x:?}");
+            assert!(
+                matches!(k.verify(a, x), Err(GatewayError::Unauthorized(_))),
+                "{a:?} {x:?}"
+            );
         }
     }
 }

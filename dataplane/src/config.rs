@@ -374,10 +374,12 @@ impl Config {
             key,
             problem,
         };
-        for (key, addr) in [("listen", &self.listen), ("admin_listen", &self.admin_listen)] {
-            addr.parse::<SocketAddr>().map_err(|e| {
-                err(key.into(), format!("`{addr}` is not an address:port ({e})"))
-            })?;
+        for (key, addr) in [
+            ("listen", &self.listen),
+            ("admin_listen", &self.admin_listen),
+        ] {
+            addr.parse::<SocketAddr>()
+                .map_err(|e| err(key.into(), format!("`{addr}` is not an address:port ({e})")))?;
         }
         if self.listen == self.admin_listen {
             return Err(err(
@@ -441,7 +443,10 @@ impl Config {
                 ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible
                     if p.base_url.is_none() =>
                 {
-                    return Err(err(at("base_url"), "is required for this provider kind".into()))
+                    return Err(err(
+                        at("base_url"),
+                        "is required for this provider kind".into(),
+                    ))
                 }
                 ProviderKind::Mock if p.base_url.is_some() => {
                     return Err(err(
@@ -452,7 +457,10 @@ impl Config {
                 _ => {}
             }
             if p.kind == ProviderKind::AzureOpenai && p.api_version.is_none() {
-                return Err(err(at("api_version"), "is required for azure-openai".into()));
+                return Err(err(
+                    at("api_version"),
+                    "is required for azure-openai".into(),
+                ));
             }
             if let Some(url) = &p.base_url {
                 crate::providers::UpstreamUrl::parse(url)
@@ -475,7 +483,10 @@ impl Config {
             })?;
         }
         if self.models.is_empty() {
-            return Err(err("models".into(), "at least one model is required".into()));
+            return Err(err(
+                "models".into(),
+                "at least one model is required".into(),
+            ));
         }
         let mut exact = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
@@ -519,7 +530,10 @@ fn check_timeouts(
         ("total_ms", t.total_ms),
     ] {
         if v == 0 {
-            return Err(err(format!("{key}.{name}"), "must be greater than 0".into()));
+            return Err(err(
+                format!("{key}.{name}"),
+                "must be greater than 0".into(),
+            ));
         }
     }
     Ok(())
@@ -533,7 +547,8 @@ mod tests {
         Config::from_yaml(yaml, "test.yaml")
     }
 
-    const MIN: &str = "providers:\n  - name: m\n    kind: mock\nmodels:\n  - name: a\n    provider: m\n";
+    const MIN: &str =
+        "providers:\n  - name: m\n    kind: mock\nmodels:\n  - name: a\n    provider: m\n";
 
     #[test]
     fn embedded_default_is_valid_and_serves_mock_models() {
@@ -564,14 +579,20 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_key() {
         let cases = [
-            (MIN.replace("provider: m", "provider: nope"), "models[0].provider"),
+            (
+                MIN.replace("provider: m", "provider: nope"),
+                "models[0].provider",
+            ),
             (format!("listen: nowhere\n{MIN}"), "listen"),
             (
                 format!("api_keys:\n  - name: a\n    sha256: abc\n{MIN}"),
                 "api_keys[0].sha256",
             ),
             (
-                MIN.replace("kind: mock", "kind: azure-openai\n    base_url: https://x.example"),
+                MIN.replace(
+                    "kind: mock",
+                    "kind: azure-openai\n    base_url: https://x.example",
+                ),
                 "providers[0].api_version",
             ),
             (
@@ -589,7 +610,10 @@ mod tests {
                 ),
                 "providers[0].api_key_env",
             ),
-            (format!("timeouts:\n  idle_ms: 0\n{MIN}"), "timeouts.idle_ms"),
+            (
+                format!("timeouts:\n  idle_ms: 0\n{MIN}"),
+                "timeouts.idle_ms",
+            ),
             (
                 format!("{MIN}  - name: a\n    provider: m\n"),
                 "models[1].name",

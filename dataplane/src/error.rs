@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::wire::{ErrorStyle, Endpoint};
+use crate::wire::{Endpoint, ErrorStyle};
 
 /// Every way a call can fail before or while it is proxied.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -9,7 +9,9 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
 use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
@@ -302,7 +304,11 @@ impl Gateway {
         if !session.is_http2() {
             let _ = header.insert_header("transfer-encoding", "chunked");
         }
-        if session.write_response_header(Box::new(header)).await.is_err() {
+        if session
+            .write_response_header(Box::new(header))
+            .await
+            .is_err()
+        {
             return false;
         }
         let _streams = StreamGauge::new(&self.metrics);
@@ -335,7 +341,8 @@ impl Gateway {
             rec.usage = Some(usage);
         }
         if client_gone {
-            rec.error.get_or_insert_with(|| "client disconnected".into());
+            rec.error
+                .get_or_insert_with(|| "client disconnected".into());
             return false;
         }
         let clean = rec.error.is_none();
@@ -349,7 +356,12 @@ impl Gateway {
         let elapsed = started.elapsed();
         let m = &self.metrics;
         m.requests
-            .with_label_values(&[rec.endpoint, &rec.model, &rec.provider, &rec.status.to_string()])
+            .with_label_values(&[
+                rec.endpoint,
+                &rec.model,
+                &rec.provider,
+                &rec.status.to_string(),
+            ])
             .inc();
         m.latency
             .with_label_values(&[rec.endpoint, &rec.provider])
@@ -483,7 +495,10 @@ async fn respond_error(
         session.set_keepalive(None);
     }
     let r = err.render(style);
-    let headers = [("x-tappass-error-code".to_string(), err.code().as_bytes().to_vec())];
+    let headers = [(
+        "x-tappass-error-code".to_string(),
+        err.code().as_bytes().to_vec(),
+    )];
     respond_bytes(session, rec, r.status, r.body, &headers).await && keepalive
 }
 

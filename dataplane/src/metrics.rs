@@ -26,10 +26,13 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("tappass".into()), None)
-            .expect("a valid registry prefix");
+        let registry =
+            Registry::new_custom(Some("tappass".into()), None).expect("a valid registry prefix");
         let requests = IntCounterVec::new(
-            Opts::new("requests_total", "Calls handled, by endpoint, model, provider and status"),
+            Opts::new(
+                "requests_total",
+                "Calls handled, by endpoint, model, provider and status",
+            ),
             &["endpoint", "model", "provider", "status"],
         )
         .expect("valid metric");
@@ -38,8 +41,11 @@ impl Metrics {
             60.0, 120.0,
         ];
         let latency = HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "Call duration, request to last byte")
-                .buckets(buckets.clone()),
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Call duration, request to last byte",
+            )
+            .buckets(buckets.clone()),
             &["endpoint", "provider"],
         )
         .expect("valid metric");
@@ -53,7 +59,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let upstream_attempts = IntCounterVec::new(
-            Opts::new("upstream_attempts_total", "Upstream attempts by provider and outcome"),
+            Opts::new(
+                "upstream_attempts_total",
+                "Upstream attempts by provider and outcome",
+            ),
             &["provider", "outcome"],
         )
         .expect("valid metric");

@@ -255,18 +255,27 @@ impl Answer {
                 };
                 match &self.tool {
                     None => {
-                        ev.push(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+                        ev.push(chunk(
+                            json!({"role": "assistant", "content": ""}),
+                            Value::Null,
+                        ));
                         for p in &parts {
                             ev.push(chunk(json!({"content": p}), Value::Null));
                         }
                         ev.push(chunk(json!({}), json!("stop")));
                     }
                     Some(t) => {
-                        ev.push(chunk(json!({"role": "assistant", "content": null, "tool_calls": [{
+                        ev.push(chunk(
+                            json!({"role": "assistant", "content": null, "tool_calls": [{
                             "index": 0, "id": format!("call_mock_{n}"), "type": "function",
-                            "function": {"name": t.name, "arguments": ""}}]}), Value::Null));
+                            "function": {"name": t.name, "arguments": ""}}]}),
+                            Value::Null,
+                        ));
                         for p in &parts {
-                            ev.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}), Value::Null));
+                            ev.push(chunk(
+                                json!({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}),
+                                Value::Null,
+                            ));
                         }
                         ev.push(chunk(json!({}), json!("tool_calls")));
                     }
@@ -287,18 +296,35 @@ impl Answer {
                     "usage": {"input_tokens": i, "output_tokens": 1}}})));
                 let (block, delta_type, field) = match &self.tool {
                     None => (json!({"type": "text", "text": ""}), "text_delta", "text"),
-                    Some(t) => (json!({"type": "tool_use", "id": format!("toolu_mock_{n}"),
-                        "name": t.name, "input": {}}), "input_json_delta", "partial_json"),
+                    Some(t) => (
+                        json!({"type": "tool_use", "id": format!("toolu_mock_{n}"),
+                        "name": t.name, "input": {}}),
+                        "input_json_delta",
+                        "partial_json",
+                    ),
                 };
-                ev.push(e("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": block})));
+                ev.push(e(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": block}),
+                ));
                 ev.push(e("ping", json!({"type": "ping"})));
                 for p in &parts {
                     let mut delta = json!({"type": delta_type});
                     delta[field] = json!(p);
-                    ev.push(e("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": delta})));
+                    ev.push(e(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+                    ));
                 }
-                ev.push(e("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
-                let stop = if self.tool.is_some() { "tool_use" } else { "end_turn" };
+                ev.push(e(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ));
+                let stop = if self.tool.is_some() {
+                    "tool_use"
+                } else {
+                    "end_turn"
+                };
                 ev.push(e("message_delta", json!({"type": "message_delta",
                     "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": o}})));
                 ev.push(e("message_stop", json!({"type": "message_stop"})));
@@ -311,12 +337,23 @@ impl Answer {
                     seq += 1;
                     encode_event(Some(name), &v.to_string())
                 };
-                let base = |status: &str| json!({"id": format!("resp_mock_{n}"), "object": "response",
+                let base = |status: &str| {
+                    json!({"id": format!("resp_mock_{n}"), "object": "response",
                     "created_at": 0, "status": status, "model": m, "output": [],
-                    "parallel_tool_calls": true, "tool_choice": "auto", "tools": []});
-                ev.push(e("response.created", json!({"response": base("in_progress")})));
-                ev.push(e("response.in_progress", json!({"response": base("in_progress")})));
-                ev.push(e("response.output_item.added", json!({"output_index": 0, "item": self.responses_item(false)})));
+                    "parallel_tool_calls": true, "tool_choice": "auto", "tools": []})
+                };
+                ev.push(e(
+                    "response.created",
+                    json!({"response": base("in_progress")}),
+                ));
+                ev.push(e(
+                    "response.in_progress",
+                    json!({"response": base("in_progress")}),
+                ));
+                ev.push(e(
+                    "response.output_item.added",
+                    json!({"output_index": 0, "item": self.responses_item(false)}),
+                ));
                 let item_id = match &self.tool {
                     None => format!("msg_mock_{n}"),
                     Some(_) => format!("fc_mock_{n}"),
@@ -326,24 +363,39 @@ impl Answer {
                         ev.push(e("response.content_part.added", json!({"item_id": item_id, "output_index": 0,
                             "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
                         for p in &parts {
-                            ev.push(e("response.output_text.delta", json!({"item_id": item_id, "output_index": 0,
-                                "content_index": 0, "delta": p, "logprobs": []})));
+                            ev.push(e(
+                                "response.output_text.delta",
+                                json!({"item_id": item_id, "output_index": 0,
+                                "content_index": 0, "delta": p, "logprobs": []}),
+                            ));
                         }
-                        ev.push(e("response.output_text.done", json!({"item_id": item_id, "output_index": 0,
-                            "content_index": 0, "text": self.text, "logprobs": []})));
+                        ev.push(e(
+                            "response.output_text.done",
+                            json!({"item_id": item_id, "output_index": 0,
+                            "content_index": 0, "text": self.text, "logprobs": []}),
+                        ));
                         ev.push(e("response.content_part.done", json!({"item_id": item_id, "output_index": 0,
                             "content_index": 0, "part": {"type": "output_text", "text": self.text, "annotations": []}})));
                     }
                     Some(t) => {
                         for p in &parts {
-                            ev.push(e("response.function_call_arguments.delta", json!({"item_id": item_id,
-                                "output_index": 0, "delta": p})));
+                            ev.push(e(
+                                "response.function_call_arguments.delta",
+                                json!({"item_id": item_id,
+                                "output_index": 0, "delta": p}),
+                            ));
                         }
-                        ev.push(e("response.function_call_arguments.done", json!({"item_id": item_id,
-                            "output_index": 0, "arguments": t.arguments})));
+                        ev.push(e(
+                            "response.function_call_arguments.done",
+                            json!({"item_id": item_id,
+                            "output_index": 0, "arguments": t.arguments}),
+                        ));
                     }
                 }
-                ev.push(e("response.output_item.done", json!({"output_index": 0, "item": self.responses_item(true)})));
+                ev.push(e(
+                    "response.output_item.done",
+                    json!({"output_index": 0, "item": self.responses_item(true)}),
+                ));
                 let mut done = base("completed");
                 done["output"] = json!([self.responses_item(true)]);
                 done["usage"] = responses_usage(i, o);
@@ -497,7 +549,12 @@ impl MockLlm {
                     .req_header()
                     .headers
                     .iter()
-                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
                     .collect(),
                 body: String::from_utf8_lossy(&body).into_owned(),
             });
@@ -509,7 +566,8 @@ impl MockLlm {
         let parsed: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                let b = error_json(Some(endpoint), 400, &format!("mock: invalid JSON: {e}")).to_string();
+                let b = error_json(Some(endpoint), 400, &format!("mock: invalid JSON: {e}"))
+                    .to_string();
                 return write_whole(session, 400, "application/json", b.into()).await;
             }
         };
@@ -525,7 +583,12 @@ impl MockLlm {
                     text = String::new();
                 }
                 Err(e) => {
-                    let b = error_json(Some(endpoint), 400, &format!("mock: bad MOCK directive: {e}")).to_string();
+                    let b = error_json(
+                        Some(endpoint),
+                        400,
+                        &format!("mock: bad MOCK directive: {e}"),
+                    )
+                    .to_string();
                     return write_whole(session, 400, "application/json", b.into()).await;
                 }
             }
@@ -533,9 +596,16 @@ impl MockLlm {
         if let Some(ms) = script.first_byte_delay_ms {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        let model = parsed.get("model").and_then(Value::as_str).unwrap_or("mock").to_string();
+        let model = parsed
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("mock")
+            .to_string();
         if let Some(status) = script.status {
-            let msg = script.error_message.clone().unwrap_or_else(|| format!("mock error {status}"));
+            let msg = script
+                .error_message
+                .clone()
+                .unwrap_or_else(|| format!("mock error {status}"));
             let b = error_json(Some(endpoint), status, &msg).to_string();
             return write_whole(session, status, "application/json", b.into()).await;
         }
@@ -551,15 +621,23 @@ impl MockLlm {
             }
         });
         let prompt_chars: String = match endpoint {
-            Endpoint::Responses => parsed.get("input").map(|v| v.to_string()).unwrap_or_default(),
-            _ => parsed.get("messages").map(|v| v.to_string()).unwrap_or_default(),
+            Endpoint::Responses => parsed
+                .get("input")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            _ => parsed
+                .get("messages")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
         };
         let answer = Answer {
             endpoint,
             model,
             id: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             input_tokens: estimate_tokens(&prompt_chars),
-            output_tokens: estimate_tokens(script.tool_call.as_ref().map_or(&reply, |t| &t.arguments)),
+            output_tokens: estimate_tokens(
+                script.tool_call.as_ref().map_or(&reply, |t| &t.arguments),
+            ),
             text: reply,
             tool: script.tool_call.clone(),
             chunk_size: script.chunk_size.unwrap_or(8),
@@ -568,9 +646,18 @@ impl MockLlm {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
         };
-        let stream = parsed.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let stream = parsed
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         if !stream || !endpoint.streams() {
-            return write_whole(session, 200, "application/json", answer.json().to_string().into()).await;
+            return write_whole(
+                session,
+                200,
+                "application/json",
+                answer.json().to_string().into(),
+            )
+            .await;
         }
         let Ok(mut h) = ResponseHeader::build(200, Some(3)) else {
             return false;
@@ -648,7 +735,11 @@ mod tests {
     fn streams_round_trip_through_the_event_decoder() {
         use crate::events::EventDecoder;
         use crate::sse::SseDecoder;
-        for endpoint in [Endpoint::ChatCompletions, Endpoint::AnthropicMessages, Endpoint::Responses] {
+        for endpoint in [
+            Endpoint::ChatCompletions,
+            Endpoint::AnthropicMessages,
+            Endpoint::Responses,
+        ] {
             for tool in [false, true] {
                 let a = answer(endpoint, tool);
                 let mut sse = SseDecoder::default();
@@ -685,20 +776,32 @@ mod tests {
     fn last_user_text_in_each_format() {
         let chat = json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": [{"type": "text", "text": "c"}]}]});
         assert_eq!(last_user_text(Endpoint::ChatCompletions, &chat), "c");
-        let resp = json!({"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]});
+        let resp =
+            json!({"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]});
         assert_eq!(last_user_text(Endpoint::Responses, &resp), "hi");
-        assert_eq!(last_user_text(Endpoint::Responses, &json!({"input": "x"})), "x");
+        assert_eq!(
+            last_user_text(Endpoint::Responses, &json!({"input": "x"})),
+            "x"
+        );
         assert_eq!(last_user_text(Endpoint::AnthropicMessages, &json!({})), "");
     }
 
     #[test]
     fn embeddings_are_deterministic_and_base64_decodes() {
-        let v = embeddings_json(&json!({"input": ["a", "b"], "encoding_format": "base64"}), "e");
+        let v = embeddings_json(
+            &json!({"input": ["a", "b"], "encoding_format": "base64"}),
+            "e",
+        );
         let b64 = v["data"][0]["embedding"].as_str().unwrap();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         assert_eq!(bytes.len(), 32);
         let floats = embeddings_json(&json!({"input": "a"}), "e");
         let first = f32::from_le_bytes(bytes[..4].try_into().unwrap());
-        assert_eq!(floats["data"][0]["embedding"][0].as_f64().unwrap() as f32, first);
+        assert_eq!(
+            floats["data"][0]["embedding"][0].as_f64().unwrap() as f32,
+            first
+        );
     }
 }

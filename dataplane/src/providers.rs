@@ -472,12 +472,22 @@ mod tests {
     #[test]
     fn urls() {
         let u = UpstreamUrl::parse("https://api.openai.com/v1/").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.base_path.as_str()), (true, "api.openai.com", 443, "/v1"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.base_path.as_str()),
+            (true, "api.openai.com", 443, "/v1")
+        );
         let u = UpstreamUrl::parse("http://127.0.0.1:8000").unwrap();
         assert_eq!((u.tls, u.port, u.base_path.as_str()), (false, 8000, ""));
         let u = UpstreamUrl::parse("http://[::1]:9/x").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 9));
-        for bad in ["ftp://x", "http://", "http://h:notaport", "https://u:p@h", "http://h/?q", "http://[::1"] {
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://h:notaport",
+            "https://u:p@h",
+            "http://h/?q",
+            "http://[::1",
+        ] {
             assert!(UpstreamUrl::parse(bad).is_err(), "{bad}");
         }
     }
@@ -535,11 +545,20 @@ mod tests {
     #[test]
     fn request_paths() {
         let o = provider(ProviderKind::Openai, None);
-        assert_eq!(o.request_path(Endpoint::ChatCompletions, "m"), "/v1/chat/completions");
+        assert_eq!(
+            o.request_path(Endpoint::ChatCompletions, "m"),
+            "/v1/chat/completions"
+        );
         let a = provider(ProviderKind::Anthropic, None);
-        assert_eq!(a.request_path(Endpoint::AnthropicMessages, "m"), "/v1/messages");
+        assert_eq!(
+            a.request_path(Endpoint::AnthropicMessages, "m"),
+            "/v1/messages"
+        );
         assert!(a.speaks(Endpoint::AnthropicMessages) && !a.speaks(Endpoint::Responses));
-        let z = provider(ProviderKind::AzureOpenai, Some("https://r.openai.azure.com"));
+        let z = provider(
+            ProviderKind::AzureOpenai,
+            Some("https://r.openai.azure.com"),
+        );
         assert_eq!(
             z.request_path(Endpoint::ChatCompletions, "my dep"),
             "/openai/deployments/my%20dep/chat/completions?api-version=2024-10-21"

@@ -73,7 +73,12 @@ impl StreamHook for StripInjectedUsage {
     fn name(&self) -> &'static str {
         "strip_injected_usage"
     }
-    fn on_event(&mut self, _frame: &SseFrame, info: &EventInfo, _hold: &mut HoldControl) -> Verdict {
+    fn on_event(
+        &mut self,
+        _frame: &SseFrame,
+        info: &EventInfo,
+        _hold: &mut HoldControl,
+    ) -> Verdict {
         if info.usage_only_chunk {
             Verdict::Drop
         } else {
@@ -310,7 +315,11 @@ mod tests {
         "data: [DONE]\n\n",
     );
 
-    fn run(hooks: Vec<Box<dyn StreamHook>>, input: &str, split: usize) -> (Vec<u8>, Option<GatewayError>) {
+    fn run(
+        hooks: Vec<Box<dyn StreamHook>>,
+        input: &str,
+        split: usize,
+    ) -> (Vec<u8>, Option<GatewayError>) {
         let mut r = StreamRelay::new(
             Endpoint::ChatCompletions,
             "id".into(),
@@ -354,11 +363,19 @@ mod tests {
         fn name(&self) -> &'static str {
             "hold_tool_calls"
         }
-        fn on_event(&mut self, frame: &SseFrame, info: &EventInfo, hold: &mut HoldControl) -> Verdict {
+        fn on_event(
+            &mut self,
+            frame: &SseFrame,
+            info: &EventInfo,
+            hold: &mut HoldControl,
+        ) -> Verdict {
             if !info.tool_calls.is_empty() {
                 hold.hold();
             }
-            if frame.data_str().is_some_and(|d| d.contains("finish_reason\":\"tool_calls")) {
+            if frame
+                .data_str()
+                .is_some_and(|d| d.contains("finish_reason\":\"tool_calls"))
+            {
                 if self.deny {
                     return Verdict::Deny(GatewayError::InvalidRequest("tool denied".into()));
                 }
@@ -382,7 +399,10 @@ mod tests {
         for split in 0..CHAT.len() {
             let (out, err) = run(vec![Box::new(HoldToolCalls { deny: true })], CHAT, split);
             let s = String::from_utf8(out).unwrap();
-            assert!(!s.contains("tool_calls"), "held fragments leaked at split {split}: {s}");
+            assert!(
+                !s.contains("tool_calls"),
+                "held fragments leaked at split {split}: {s}"
+            );
             assert!(s.ends_with("\n\n") && s.contains("{\"error\":"));
             assert!(!s.contains("[DONE]"));
             assert!(err.is_some());
@@ -396,7 +416,12 @@ mod tests {
             fn name(&self) -> &'static str {
                 "hold_all"
             }
-            fn on_event(&mut self, _f: &SseFrame, _i: &EventInfo, hold: &mut HoldControl) -> Verdict {
+            fn on_event(
+                &mut self,
+                _f: &SseFrame,
+                _i: &EventInfo,
+                hold: &mut HoldControl,
+            ) -> Verdict {
                 hold.hold();
                 Verdict::Forward
             }
@@ -419,7 +444,9 @@ mod tests {
     fn missing_terminal_event_ends_with_error() {
         let (out, err) = run(vec![], "data: {\"choices\":[]}\n\n", 3);
         assert!(matches!(err, Some(GatewayError::UpstreamBroken(_))));
-        assert!(String::from_utf8(out).unwrap().contains("upstream_stream_broken"));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("upstream_stream_broken"));
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl ShutdownSignalWatch for DrainingSignals {
             _ = quit.recv() => {}
         }
         self.lifecycle.draining.store(true, Ordering::Release);
-        tracing::info!(in_flight = self.lifecycle.in_flight(), "draining before shutdown");
+        tracing::info!(
+            in_flight = self.lifecycle.in_flight(),
+            "draining before shutdown"
+        );
         let start = Instant::now();
         while self.lifecycle.in_flight() > 0 && start.elapsed() < self.drain_for {
             tokio::select! {
@@ -106,8 +109,14 @@ fn tls_settings(listener: &str, tls: &TlsConfig) -> Result<TlsSettings, ServerEr
         listener: listener.into(),
         detail,
     };
-    let cert = tls.cert_file.to_str().ok_or_else(|| err("cert path is not UTF-8".into()))?;
-    let key = tls.key_file.to_str().ok_or_else(|| err("key path is not UTF-8".into()))?;
+    let cert = tls
+        .cert_file
+        .to_str()
+        .ok_or_else(|| err("cert path is not UTF-8".into()))?;
+    let key = tls
+        .key_file
+        .to_str()
+        .ok_or_else(|| err("key path is not UTF-8".into()))?;
     let mut settings = TlsSettings::intermediate(cert, key).map_err(|e| err(e.to_string()))?;
     settings.enable_h2();
     Ok(settings)
@@ -132,9 +141,9 @@ impl GatewayServer {
     /// Build the Pingora server for `config`.
     pub fn build(config: &Config) -> Result<GatewayServer, ServerError> {
         let conf = ServerConf {
-            threads: config.threads.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(2, |n| n.get())
-            }),
+            threads: config
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             grace_period_seconds: Some(0),
             graceful_shutdown_timeout_seconds: Some(1),
             ..ServerConf::default()
@@ -143,7 +152,11 @@ impl GatewayServer {
         let metrics = Arc::new(Metrics::new());
         let lifecycle = Arc::new(Lifecycle::default());
 
-        let mock_socket = if config.providers.iter().any(|p| p.kind == ProviderKind::Mock) {
+        let mock_socket = if config
+            .providers
+            .iter()
+            .any(|p| p.kind == ProviderKind::Mock)
+        {
             let path = mock_socket_path();
             let dir = path.parent().map(PathBuf::from).unwrap_or_default();
             std::fs::create_dir_all(&dir).map_err(|source| ServerError::MockSocket {
@@ -153,10 +166,7 @@ impl GatewayServer {
             if path.exists() {
                 let _ = std::fs::remove_file(&path);
             }
-            let mut mock = Service::new(
-                "mock-llm".into(),
-                MockLlm::new(MockOptions::default()),
-            );
+            let mut mock = Service::new("mock-llm".into(), MockLlm::new(MockOptions::default()));
             let path_str = path.to_str().ok_or_else(|| ServerError::MockSocket {
                 path: path.clone(),
                 source: std::io::Error::other("path is not UTF-8"),
@@ -180,7 +190,10 @@ impl GatewayServer {
         }
         server.add_service(service);
 
-        let mut admin = Service::new("tappass-admin".into(), Admin::new(metrics, lifecycle.clone()));
+        let mut admin = Service::new(
+            "tappass-admin".into(),
+            Admin::new(metrics, lifecycle.clone()),
+        );
         match &config.admin_tls {
             Some(tls) => admin.add_tls_with_settings(
                 &config.admin_listen,

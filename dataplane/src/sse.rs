@@ -41,7 +41,9 @@ impl SseFrame {
 
     /// The data as text (`None` when absent or not UTF-8).
     pub fn data_str(&self) -> Option<&str> {
-        self.data.as_deref().and_then(|b| std::str::from_utf8(b).ok())
+        self.data
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
     }
 
     /// A frame with no `data:` line (comments, keep-alives, bare `event:`).
@@ -182,12 +184,8 @@ impl SseDecoder {
         match name {
             b"event" => self.event = Some(value),
             b"data" => self.data.push(value),
-            b"id" => {
-                // Per spec, an id containing NUL is ignored.
-                if !self.buf[value.0..value.1].contains(&0) {
-                    self.id = Some(value)
-                }
-            }
+            // Per spec, an id containing NUL is ignored.
+            b"id" if !self.buf[value.0..value.1].contains(&0) => self.id = Some(value),
             b"retry" => {
                 self.retry = std::str::from_utf8(&self.buf[value.0..value.1])
                     .ok()

@@ -69,7 +69,11 @@ enum AttemptError {
 pub fn forwarded_headers(req: &RequestHeader) -> Vec<(&'static str, Vec<u8>)> {
     FORWARDED_HEADERS
         .iter()
-        .filter_map(|name| req.headers.get(*name).map(|v| (*name, v.as_bytes().to_vec())))
+        .filter_map(|name| {
+            req.headers
+                .get(*name)
+                .map(|v| (*name, v.as_bytes().to_vec()))
+        })
         .collect()
 }
 
@@ -104,7 +108,15 @@ pub async fn call_with_fallback(
             .upstream_model
             .clone()
             .unwrap_or_else(|| call.model.to_string());
-        let mut outcome = attempt(connector, provider, call, &upstream_model, body.clone(), deadline).await;
+        let mut outcome = attempt(
+            connector,
+            provider,
+            call,
+            &upstream_model,
+            body.clone(),
+            deadline,
+        )
+        .await;
         if let Err(AttemptError::Stale(_)) = outcome {
             outcome = attempt(connector, provider, call, &upstream_model, body, deadline).await;
         }
@@ -188,9 +200,9 @@ async fn build_peer(provider: &Provider) -> Result<HttpPeer, AttemptError> {
             HttpPeer::new(addr, url.tls, url.host.clone())
         }
         UpstreamAddr::Unix(path) => {
-            let path = path.to_str().ok_or_else(|| {
-                AttemptError::Failed("the mock socket path is not UTF-8".into())
-            })?;
+            let path = path
+                .to_str()
+                .ok_or_else(|| AttemptError::Failed("the mock socket path is not UTF-8".into()))?;
             HttpPeer::new_uds(path, false, "localhost".into())
                 .map_err(|e| AttemptError::Failed(e.to_string()))?
         }
@@ -235,9 +247,12 @@ fn build_request(
     let path = provider.request_path(call.endpoint, upstream_model);
     let fail = |e: Box<pingora_error::Error>| AttemptError::Failed(e.to_string());
     let mut req = RequestHeader::build("POST", path.as_bytes(), Some(12)).map_err(fail)?;
-    req.insert_header("host", host_header(provider)).map_err(fail)?;
-    req.insert_header("content-type", "application/json").map_err(fail)?;
-    req.insert_header("content-length", body_len.to_string()).map_err(fail)?;
+    req.insert_header("host", host_header(provider))
+        .map_err(fail)?;
+    req.insert_header("content-type", "application/json")
+        .map_err(fail)?;
+    req.insert_header("content-length", body_len.to_string())
+        .map_err(fail)?;
     req.insert_header(
         "accept",
         if call.stream {
@@ -247,8 +262,10 @@ fn build_request(
         },
     )
     .map_err(fail)?;
-    req.insert_header("accept-encoding", "identity").map_err(fail)?;
-    req.insert_header("x-request-id", call.request_id).map_err(fail)?;
+    req.insert_header("accept-encoding", "identity")
+        .map_err(fail)?;
+    req.insert_header("x-request-id", call.request_id)
+        .map_err(fail)?;
     let mut has_version = false;
     for (name, value) in &call.client_headers {
         has_version |= *name == "anthropic-version";
@@ -300,7 +317,11 @@ async fn attempt(
         session.finish_request_body().await
     };
     match tokio::time::timeout_at(deadline, send).await {
-        Err(_) => return Err(AttemptError::Timeout("sending the request timed out".into())),
+        Err(_) => {
+            return Err(AttemptError::Timeout(
+                "sending the request timed out".into(),
+            ))
+        }
         Ok(Err(e)) => return Err(stale_or(reused, format!("sending the request failed: {e}"))),
         Ok(Ok(())) => {}
     }
@@ -322,7 +343,9 @@ async fn attempt(
         Ok(Ok(())) => {}
     }
     let Some(header) = session.response_header().cloned() else {
-        return Err(AttemptError::Failed("upstream sent no response header".into()));
+        return Err(AttemptError::Failed(
+            "upstream sent no response header".into(),
+        ));
     };
     session.set_read_timeout(Some(t.idle()));
     Ok((session, peer, header))
@@ -348,10 +371,7 @@ pub async fn read_chunk(
 }
 
 /// Read a whole (non-streamed) body, bounded in size.
-pub async fn read_body(
-    resp: &mut UpstreamResponse,
-    max: usize,
-) -> Result<Bytes, GatewayError> {
+pub async fn read_body(resp: &mut UpstreamResponse, max: usize) -> Result<Bytes, GatewayError> {
     let mut buf = bytes::BytesMut::new();
     let idle = resp.provider.timeouts.idle_ms;
     while let Some(chunk) = read_chunk(&mut resp.session, resp.deadline, idle).await? {

@@ -125,7 +125,9 @@ impl Call {
         };
         let model = match map.get("model") {
             None | Some(Value::Null) => return Err(GatewayError::MissingModel),
-            Some(Value::String(s)) if s.trim().is_empty() => return Err(GatewayError::MissingModel),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                return Err(GatewayError::MissingModel)
+            }
             Some(Value::String(s)) => s.clone(),
             Some(_) => {
                 return Err(GatewayError::InvalidRequest(
@@ -200,7 +202,12 @@ impl Call {
 
 /// Whether a `Content-Type` header value is JSON.
 pub fn is_json_content_type(value: &str) -> bool {
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -219,19 +226,40 @@ mod tests {
             Endpoint::from_path("/v1/messages/count_tokens"),
             Some(Endpoint::AnthropicCountTokens)
         );
-        assert_eq!(Endpoint::from_path("/v1/responses/"), Some(Endpoint::Responses));
+        assert_eq!(
+            Endpoint::from_path("/v1/responses/"),
+            Some(Endpoint::Responses)
+        );
         assert_eq!(Endpoint::from_path("/v2/chat"), None);
     }
 
     #[test]
     fn parse_rejects_bad_bodies() {
         let e = Endpoint::ChatCompletions;
-        assert!(matches!(Call::parse(e, b""), Err(GatewayError::InvalidRequest(_))));
-        assert!(matches!(Call::parse(e, b"{\"model\":"), Err(GatewayError::InvalidRequest(_))));
-        assert!(matches!(Call::parse(e, b"[1,2]"), Err(GatewayError::InvalidRequest(_))));
-        assert!(matches!(Call::parse(e, b"{}"), Err(GatewayError::MissingModel)));
-        assert!(matches!(Call::parse(e, b"{\"model\":\"  \"}"), Err(GatewayError::MissingModel)));
-        assert!(matches!(Call::parse(e, b"{\"model\":5}"), Err(GatewayError::InvalidRequest(_))));
+        assert!(matches!(
+            Call::parse(e, b""),
+            Err(GatewayError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            Call::parse(e, b"{\"model\":"),
+            Err(GatewayError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            Call::parse(e, b"[1,2]"),
+            Err(GatewayError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            Call::parse(e, b"{}"),
+            Err(GatewayError::MissingModel)
+        ));
+        assert!(matches!(
+            Call::parse(e, b"{\"model\":\"  \"}"),
+            Err(GatewayError::MissingModel)
+        ));
+        assert!(matches!(
+            Call::parse(e, b"{\"model\":5}"),
+            Err(GatewayError::InvalidRequest(_))
+        ));
         assert!(matches!(
             Call::parse(e, b"{\"model\":\"m\",\"stream\":\"yes\"}"),
             Err(GatewayError::InvalidRequest(_))
@@ -240,7 +268,10 @@ mod tests {
             Call::parse(Endpoint::Embeddings, b"{\"model\":\"m\",\"stream\":true}"),
             Err(GatewayError::InvalidRequest(_))
         ));
-        assert!(matches!(Call::parse(e, b"\xff\xfe"), Err(GatewayError::InvalidRequest(_))));
+        assert!(matches!(
+            Call::parse(e, b"\xff\xfe"),
+            Err(GatewayError::InvalidRequest(_))
+        ));
     }
 
     #[test]

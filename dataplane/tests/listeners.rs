@@ -26,7 +26,10 @@ async fn tls_listener_speaks_http2_and_http1() {
     ));
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
     let url = format!("https://localhost:{}/v1/chat/completions", gw.proc.port);
-    for (h2, version) in [(true, reqwest::Version::HTTP_2), (false, reqwest::Version::HTTP_11)] {
+    for (h2, version) in [
+        (true, reqwest::Version::HTTP_2),
+        (false, reqwest::Version::HTTP_11),
+    ] {
         let mut b = reqwest::Client::builder().add_root_certificate(root.clone());
         if !h2 {
             b = b.http1_only();
@@ -60,7 +63,10 @@ async fn cleartext_http2_with_prior_knowledge() {
         "h2c: true\nproviders:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n",
         mock.url()
     ));
-    let c = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let r = c
         .post(gw.url("/v1/chat/completions"))
         .bearer_auth(KEY)
@@ -69,7 +75,10 @@ async fn cleartext_http2_with_prior_knowledge() {
         .await
         .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
-    assert_eq!(chat_stream_text(&r.text().await.unwrap()), ("h2c stream".to_string(), true));
+    assert_eq!(
+        chat_stream_text(&r.text().await.unwrap()),
+        ("h2c stream".to_string(), true)
+    );
     // HTTP/1.1 still works on the same listener.
     let r = post(&gw, "/v1/chat/completions", &chat("m", "h1", false)).await;
     assert_eq!(r.status(), 200);
@@ -126,8 +135,10 @@ async fn embedded_default_config_works_offline_and_prints_exports() {
     let r = c
         .post(format!("{base}/v1/messages"))
         .header("x-api-key", "tp-local-dev-key")
-        .json(&serde_json::json!({"model": "mock-claude", "max_tokens": 20, "stream": true,
-            "messages": [{"role": "user", "content": "claude offline"}]}))
+        .json(
+            &serde_json::json!({"model": "mock-claude", "max_tokens": 20, "stream": true,
+            "messages": [{"role": "user", "content": "claude offline"}]}),
+        )
         .send()
         .await
         .unwrap();

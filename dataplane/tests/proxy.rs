@@ -29,14 +29,24 @@ async fn echo_streaming_and_usage_stripping() {
     let mock = start_mock(&[]);
     let gw = Gateway::start(&one_provider(&mock, ""));
 
-    let r = post(&gw, "/v1/chat/completions", &chat("mock-gpt", "hello gateway", false)).await;
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("mock-gpt", "hello gateway", false),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "hello gateway");
 
     // The client did not ask for usage: the gateway asked upstream and
     // strips the usage chunk on the way back.
-    let r = post(&gw, "/v1/chat/completions", &chat("mock-gpt", "stream me please", true)).await;
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("mock-gpt", "stream me please", true),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let body = r.text().await.unwrap();
@@ -59,15 +69,23 @@ async fn echo_streaming_and_usage_stripping() {
     // Asked for: the usage chunk reaches the client.
     let mut req = chat("mock-gpt", "with usage", true);
     req["stream_options"] = json!({"include_usage": true});
-    let body = post(&gw, "/v1/chat/completions", &req).await.text().await.unwrap();
+    let body = post(&gw, "/v1/chat/completions", &req)
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(body.contains("\"usage\":{"), "{body}");
 
     // Glob routes rewrite the upstream model name.
-    let v: Value = post(&gw, "/v1/chat/completions", &chat("glob-anything", "x", false))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("glob-anything", "x", false),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(v["model"], "rewritten");
 }
 
@@ -149,8 +167,19 @@ async fn circuit_breaker_opens_skips_and_half_opens() {
         let r = post(&gw, "/v1/chat/completions", &chat("m", "x", false)).await;
         assert_eq!(r.status(), 200);
     }
-    assert_eq!(mock_calls(&bad).await, 2, "open circuit must not call the provider");
-    let metrics = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        mock_calls(&bad).await,
+        2,
+        "open circuit must not call the provider"
+    );
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("tappass_circuit_breaker_state{provider=\"first\"} 1"),
         "{metrics}"
@@ -161,7 +190,11 @@ async fn circuit_breaker_opens_skips_and_half_opens() {
     post(&gw, "/v1/chat/completions", &chat("m", "x", false)).await;
     assert_eq!(mock_calls(&bad).await, 3);
     post(&gw, "/v1/chat/completions", &chat("m", "x", false)).await;
-    assert_eq!(mock_calls(&bad).await, 3, "a failed probe re-opens the circuit");
+    assert_eq!(
+        mock_calls(&bad).await,
+        3,
+        "a failed probe re-opens the circuit"
+    );
 }
 
 #[tokio::test]
@@ -175,7 +208,11 @@ async fn first_byte_timeout_is_504_and_falls_back() {
     let t = Instant::now();
     let r = post(&gw, "/v1/chat/completions", &chat("m", "x", false)).await;
     assert_eq!(r.status(), 504);
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_timeout");
 
@@ -186,7 +223,12 @@ async fn first_byte_timeout_is_504_and_falls_back() {
         good.url()
     );
     let gw = Gateway::start(&cfg);
-    let r = post(&gw, "/v1/chat/completions", &chat("m", "after timeout", false)).await;
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("m", "after timeout", false),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-tappass-provider"], "good");
 }
@@ -204,10 +246,19 @@ async fn idle_and_total_timeouts_end_streams_with_an_error_event() {
         );
         let gw = Gateway::start(&cfg);
         let t = Instant::now();
-        let r = post(&gw, "/v1/chat/completions", &chat("m", "slow stream text", true)).await;
+        let r = post(
+            &gw,
+            "/v1/chat/completions",
+            &chat("m", "slow stream text", true),
+        )
+        .await;
         assert_eq!(r.status(), 200);
         let body = r.text().await.unwrap();
-        assert!(t.elapsed() < Duration::from_secs(4), "{timeouts}: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{timeouts}: {:?}",
+            t.elapsed()
+        );
         let last = body.trim_end().lines().last().unwrap();
         let v: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
         assert_eq!(v["error"]["code"], code, "{timeouts}: {body}");
@@ -219,7 +270,8 @@ async fn idle_and_total_timeouts_end_streams_with_an_error_event() {
 async fn upstream_dying_mid_stream_gives_a_well_formed_error_event_per_format() {
     let mock = start_mock(&[]);
     let gw = Gateway::start(&one_provider(&mock, ""));
-    let script = r#"MOCK:{"reply":"abcdefghijklmnopqrstuvwxyz","chunk_size":2,"die_after_events":4}"#;
+    let script =
+        r#"MOCK:{"reply":"abcdefghijklmnopqrstuvwxyz","chunk_size":2,"die_after_events":4}"#;
 
     let t = Instant::now();
     let body = post(&gw, "/v1/chat/completions", &chat("mock-gpt", script, true))
@@ -243,7 +295,13 @@ async fn upstream_dying_mid_stream_gives_a_well_formed_error_event_per_format() 
     .await
     .unwrap();
     assert!(body.contains("event: error\ndata: {"), "{body}");
-    let data = body.trim_end().lines().last().unwrap().strip_prefix("data: ").unwrap();
+    let data = body
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap()
+        .strip_prefix("data: ")
+        .unwrap();
     let v: Value = serde_json::from_str(data).unwrap();
     assert_eq!(v["type"], "error");
 
@@ -271,7 +329,13 @@ async fn large_bodies_and_the_body_limit() {
     let r = post(&gw, "/v1/chat/completions", &chat("mock-gpt", &big, false)).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap().len(), big.len());
+    assert_eq!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .len(),
+        big.len()
+    );
     let r = post(&gw, "/v1/chat/completions", &chat("mock-gpt", &big, true)).await;
     let (text, done) = chat_stream_text(&r.text().await.unwrap());
     assert!(done);
@@ -345,14 +409,62 @@ async fn bad_requests_get_errors_in_the_callers_format() {
             .send()
     };
     let cases: [(&str, &str, &'static str, u16, &str); 8] = [
-        ("/v1/chat/completions", "application/json", "{\"model\":", 400, "invalid_request"),
-        ("/v1/chat/completions", "application/json", "{\"model\": \"mock-gpt\", \"messages\": [", 400, "invalid_request"),
-        ("/v1/chat/completions", "application/json", "[]", 400, "invalid_request"),
-        ("/v1/chat/completions", "application/json", "", 400, "invalid_request"),
-        ("/v1/chat/completions", "application/json", "{\"messages\":[]}", 400, "missing_model"),
-        ("/v1/chat/completions", "text/plain", "{\"model\":\"mock-gpt\"}", 415, "unsupported_media_type"),
-        ("/v1/chat/completions", "application/json", "{\"model\":\"nope\"}", 404, "model_not_found"),
-        ("/v1/embeddings", "application/json", "{\"model\":\"mock-gpt\",\"stream\":true}", 400, "invalid_request"),
+        (
+            "/v1/chat/completions",
+            "application/json",
+            "{\"model\":",
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            "application/json",
+            "{\"model\": \"mock-gpt\", \"messages\": [",
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            "application/json",
+            "[]",
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            "application/json",
+            "",
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            "application/json",
+            "{\"messages\":[]}",
+            400,
+            "missing_model",
+        ),
+        (
+            "/v1/chat/completions",
+            "text/plain",
+            "{\"model\":\"mock-gpt\"}",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/chat/completions",
+            "application/json",
+            "{\"model\":\"nope\"}",
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/embeddings",
+            "application/json",
+            "{\"model\":\"mock-gpt\",\"stream\":true}",
+            400,
+            "invalid_request",
+        ),
     ];
     for (path, ctype, body, status, code) in cases {
         let r = raw(path, ctype, body).await.unwrap();
@@ -362,7 +474,11 @@ async fn bad_requests_get_errors_in_the_callers_format() {
     }
     // Anthropic endpoints answer in Anthropic's shape.
     for (body, status, kind) in [
-        ("{\"model\":\"nope\",\"max_tokens\":1,\"messages\":[]}", 404, "not_found_error"),
+        (
+            "{\"model\":\"nope\",\"max_tokens\":1,\"messages\":[]}",
+            404,
+            "not_found_error",
+        ),
         ("{\"max_tokens\": 1", 400, "invalid_request_error"),
     ] {
         let r = raw("/v1/messages", "application/json", body).await.unwrap();
@@ -385,9 +501,19 @@ async fn bad_requests_get_errors_in_the_callers_format() {
     assert_eq!(r.status(), 404);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "not_found");
-    let r = c.get(gw.url("/v1/chat/completions")).bearer_auth(KEY).send().await.unwrap();
+    let r = c
+        .get(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
-    let r = c.post(gw.url("/v1/chat/completions")).json(&chat("mock-gpt", "x", false)).send().await.unwrap();
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("mock-gpt", "x", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = c
         .post(gw.url("/v1/messages"))
@@ -399,7 +525,11 @@ async fn bad_requests_get_errors_in_the_callers_format() {
     assert_eq!(r.status(), 401);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "authentication_error");
-    assert_eq!(mock_calls(&mock).await, 0, "no bad request reached the provider");
+    assert_eq!(
+        mock_calls(&mock).await,
+        0,
+        "no bad request reached the provider"
+    );
 }
 
 #[tokio::test]
@@ -411,11 +541,18 @@ async fn provider_credentials_are_injected_and_client_keys_never_forwarded() {
         mock.url()
     );
     let gw = Gateway::start_with_env(&cfg, &[("TAPPASS_TEST_PROVIDER_KEY", "sk-provider-secret")]);
-    assert_eq!(post(&gw, "/v1/chat/completions", &chat("m", "x", false)).await.status(), 200);
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &chat("m", "x", false))
+            .await
+            .status(),
+        200
+    );
     let r = client()
         .post(gw.url("/v1/messages"))
         .header("x-api-key", KEY)
-        .json(&json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}))
+        .json(
+            &json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+        )
         .send()
         .await
         .unwrap();
@@ -455,7 +592,12 @@ async fn models_list_in_both_shapes_and_admin_endpoints() {
         .await
         .unwrap();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["mock-claude", "mock-gpt"]);
     let v: Value = client()
         .get(gw.url("/v1/models"))
@@ -471,10 +613,34 @@ async fn models_list_in_both_shapes_and_admin_endpoints() {
     assert_eq!(v["has_more"], false);
     let r = client().get(gw.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(client().get(gw.admin_url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(client().get(gw.admin_url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Admin endpoints are not served on the client listener.
-    assert_eq!(client().get(gw.url("/metrics")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client()
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }
 
 #[tokio::test]
@@ -524,7 +690,10 @@ fn check_config_reports_file_key_and_problem() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml") && err.contains("providers[0]") && err.contains("base_urll"), "{err}");
+    assert!(
+        err.contains("bad.yaml") && err.contains("providers[0]") && err.contains("base_urll"),
+        "{err}"
+    );
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, tappass_dataplane::config::DEFAULT_CONFIG_YAML).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tappass-gateway"))
@@ -532,5 +701,36 @@ fn check_config_reports_file_key_and_problem() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The annotated example with real upstreams is valid once its keys exist.
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.example.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tappass-gateway"))
+        .arg("--check-config")
+        .arg(&example)
+        .env("OPENAI_API_KEY", "sk-example")
+        .env("ANTHROPIC_API_KEY", "sk-ant-example")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tappass-gateway"))
+        .arg("--check-config")
+        .arg(&example)
+        .env_remove("OPENAI_API_KEY")
+        .env("ANTHROPIC_API_KEY", "sk-ant-example")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("providers[0].api_key_env") && err.contains("OPENAI_API_KEY is not set"),
+        "{err}"
+    );
 }

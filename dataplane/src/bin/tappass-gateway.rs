@@ -73,14 +73,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&config);
 
     let server = GatewayServer::build(&config)?;
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let base = format!("{scheme}://{}", config.listen);
     let key = if embedded {
         DEFAULT_DEV_API_KEY
     } else {
         "<your gateway API key>"
     };
-    println!("TapPass gateway listening on {base} (admin on {})", config.admin_listen);
+    println!(
+        "TapPass gateway listening on {base} (admin on {})",
+        config.admin_listen
+    );
     if embedded {
         println!("Embedded offline config: models mock-gpt and mock-claude. Paste these lines into your shell:");
     }
@@ -96,7 +103,10 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// Address overrides from the command line get the same checks as the file.
 fn check_overrides(config: &Config) -> anyhow::Result<()> {
-    for (flag, addr) in [("--listen", &config.listen), ("--admin-listen", &config.admin_listen)] {
+    for (flag, addr) in [
+        ("--listen", &config.listen),
+        ("--admin-listen", &config.admin_listen),
+    ] {
         addr.parse::<std::net::SocketAddr>()
             .map_err(|e| anyhow::anyhow!("{flag} `{addr}` is not an address:port ({e})"))?;
     }

@@ -1,0 +1,32 @@
+# TapPass developer entry points. `make run` and `make test` install what
+# they need (system packages via apt-get, crates via cargo) on first use.
+
+CARGO_TARGET_DIR ?= $(HOME)/.cache/tappass/target
+export CARGO_TARGET_DIR
+
+.PHONY: setup build run test test-rust test-sdk lint fmt clean-sockets
+
+setup:
+	@bash scripts/setup-debian.sh
+
+build: setup
+	cargo build --workspace --bins
+
+## Start the gateway in the foreground on 127.0.0.1:8080 with the embedded
+## offline configuration (models mock-gpt and mock-claude).
+run: setup
+	cargo build --release -p tappass-dataplane --bin tappass-gateway
+	$(CARGO_TARGET_DIR)/release/tappass-gateway
+
+## All tests: Rust unit and integration tests, then the official OpenAI and
+## Anthropic Python SDKs against the real gateway.
+test: build
+	cargo test --workspace
+	bash tests/sdk/run.sh
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
