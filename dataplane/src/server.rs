@@ -231,9 +231,14 @@ impl GatewayServer {
     }
 }
 
-/// Run the mock LLM provider alone on a TCP address until SIGTERM/SIGINT.
-/// Blocks.
-pub fn run_mock_server(listen: &str, options: MockOptions, threads: usize) {
+/// Run the mock LLM provider alone on a TCP address (TLS when `tls` is
+/// given) until SIGTERM/SIGINT. Blocks.
+pub fn run_mock_server(
+    listen: &str,
+    tls: Option<&TlsConfig>,
+    options: MockOptions,
+    threads: usize,
+) -> Result<(), ServerError> {
     let conf = ServerConf {
         threads: threads.max(1),
         grace_period_seconds: Some(0),
@@ -242,8 +247,12 @@ pub fn run_mock_server(listen: &str, options: MockOptions, threads: usize) {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let mut service = Service::new("mock-llm".into(), MockLlm::new(options));
-    service.add_tcp(listen);
+    match tls {
+        Some(tls) => service.add_tls_with_settings(listen, None, tls_settings("listen", tls)?),
+        None => service.add_tcp(listen),
+    }
     server.add_service(service);
     server.bootstrap();
     server.run(RunArgs::default());
+    Ok(())
 }

@@ -146,3 +146,62 @@ async fn embedded_default_config_works_offline_and_prints_exports() {
     assert!(body.contains("event: message_stop"), "{body}");
     drop(proc);
 }
+
+#[tokio::test]
+async fn upstream_tls_is_verified_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let mock = start_mock(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let config = |verify: bool| {
+        format!(
+            "providers:\n  - name: p\n    kind: openai-compatible\n    base_url: https://localhost:{}/v1\n    tls_verify: {verify}\nmodels:\n  - name: m\n    provider: p\n",
+            mock.port
+        )
+    };
+    // A self-signed upstream certificate is refused…
+    let gw = Gateway::start(&config(true));
+    let r = post(&gw, "/v1/chat/completions", &chat("m", "x", false)).await;
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unavailable");
+    assert_eq!(mock_calls_tls(&mock, &cert).await, 0);
+    // …unless verification is explicitly turned off for that provider.
+    let gw = Gateway::start(&config(false));
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("m", "over upstream tls", true),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        chat_stream_text(&r.text().await.unwrap()),
+        ("over upstream tls".to_string(), true)
+    );
+}
+
+async fn mock_calls_tls(mock: &Proc, cert: &rcgen::CertifiedKey) -> u64 {
+    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+    let c = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
+    let v: Value = c
+        .get(format!("https://localhost:{}/__mock/requests", mock.port))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["calls"].as_u64().unwrap()
+}

@@ -4,6 +4,7 @@
 //! the last user message unless scripted (see `tappass_dataplane::mock`).
 
 use clap::Parser;
+use tappass_dataplane::config::TlsConfig;
 use tappass_dataplane::mock::{MockOptions, Script, ToolCallScript};
 
 #[derive(Parser, Debug)]
@@ -30,6 +31,12 @@ struct Args {
     /// Delay before the response headers, in milliseconds.
     #[arg(long)]
     first_byte_delay_ms: Option<u64>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -69,6 +76,21 @@ fn main() {
             ..Script::default()
         },
     };
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert_file), Some(key_file)) => Some(TlsConfig {
+            cert_file,
+            key_file,
+        }),
+        _ => None,
+    };
     println!("tappass-mock-llm listening on {}", args.listen);
-    tappass_dataplane::server::run_mock_server(&args.listen, options, args.threads);
+    if let Err(e) = tappass_dataplane::server::run_mock_server(
+        &args.listen,
+        tls.as_ref(),
+        options,
+        args.threads,
+    ) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }
