@@ -11,17 +11,27 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
 
+use crate::audit_sink::AuditSink;
 use crate::metrics::Metrics;
 use crate::server::Lifecycle;
 
 pub struct Admin {
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
+    audit: Option<Arc<AuditSink>>,
 }
 
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Admin {
-        Admin { metrics, lifecycle }
+    pub fn new(
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+        audit: Option<Arc<AuditSink>>,
+    ) -> Admin {
+        Admin {
+            metrics,
+            lifecycle,
+            audit,
+        }
     }
 
     fn answer(&self, method: &str, path: &str, shutting_down: bool) -> (u16, &'static str, Bytes) {
@@ -43,6 +53,22 @@ impl Admin {
                 "text/plain; version=0.0.4",
                 Bytes::from(self.metrics.render()),
             ),
+            // The audit chain head, so that an auditor can see nothing was
+            // cut off the end of this gateway's log.
+            "/audit/head" => match &self.audit {
+                Some(a) => {
+                    let head = a.wal.head();
+                    let body = serde_json::json!({
+                        "gateway_id": a.gateway_id,
+                        "seq": head.seq,
+                        "hash": head.hash,
+                        "signed_seq": head.signed_seq,
+                        "key_id": a.wal.key_id(),
+                    });
+                    (200, "application/json", Bytes::from(body.to_string()))
+                }
+                None => (404, "text/plain", Bytes::from_static(b"audit is off\n")),
+            },
             _ => (404, "text/plain", Bytes::from_static(b"not found\n")),
         }
     }

@@ -60,6 +60,9 @@ pub struct Config {
     /// Gateway API keys accepted from clients (stored as SHA-256 hashes).
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// The audit trail (a signed, hash-chained WAL). Off when absent.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
 }
@@ -326,6 +329,68 @@ pub struct FallbackConfig {
     pub upstream_model: Option<String>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Directory of the WAL, its signing key and the published `jwks.json`.
+    pub dir: PathBuf,
+    /// Gateway id written in every row (default: the host name).
+    #[serde(default)]
+    pub gateway_id: Option<String>,
+    #[serde(default)]
+    pub signing: AuditSigning,
+    /// With `checkpoint` signing: sign the chain head every this many rows…
+    #[serde(default = "d_cp_rows")]
+    pub checkpoint_every_rows: u64,
+    /// …or this many milliseconds, whichever comes first.
+    #[serde(default = "d_cp_ms")]
+    pub checkpoint_every_ms: u64,
+    /// Ed25519 seed file (hex); created when missing. Default: `<dir>/signing.key`.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub durability: AuditDurability,
+    /// Store the prompt and response in each row.
+    #[serde(default)]
+    pub store_content: bool,
+    #[serde(default)]
+    pub retention: AuditRetention,
+}
+
+fn d_cp_rows() -> u64 {
+    1000
+}
+fn d_cp_ms() -> u64 {
+    1000
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSigning {
+    /// Signed checkpoints over the chain head (every N rows or T ms).
+    #[default]
+    Checkpoint,
+    /// An Ed25519 signature on every row.
+    PerRow,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditDurability {
+    /// A call's last byte is sent only once its row is on disk.
+    #[default]
+    BeforeResponse,
+    /// Rows are queued and written shortly after the response.
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRetention {
+    pub max_rows: Option<u64>,
+    pub max_age_hours: Option<u64>,
+}
+
 /// Whether a model name is a glob pattern.
 pub fn is_glob(name: &str) -> bool {
     name.contains(['*', '?'])
@@ -409,6 +474,26 @@ impl Config {
             ));
         }
         check_timeouts(&self.timeouts, "timeouts", &err)?;
+        if let Some(a) = &self.audit {
+            if a.checkpoint_every_rows == 0 {
+                return Err(err(
+                    "audit.checkpoint_every_rows".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+            if a.checkpoint_every_ms == 0 {
+                return Err(err(
+                    "audit.checkpoint_every_ms".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+            if a.retention.max_rows == Some(0) {
+                return Err(err(
+                    "audit.retention.max_rows".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
         let mut key_names = HashSet::new();
         for (i, k) in self.api_keys.iter().enumerate() {
             if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -35,6 +35,8 @@ pub enum GatewayError {
     UpstreamBroken(String),
     #[error("upstream response is not valid: {0}")]
     BadUpstreamResponse(String),
+    #[error("the audit trail cannot record this call: {0}")]
+    AuditUnavailable(String),
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -65,7 +67,7 @@ impl GatewayError {
             | GatewayError::UpstreamBroken(_)
             | GatewayError::BadUpstreamResponse(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
-            GatewayError::ShuttingDown => 503,
+            GatewayError::ShuttingDown | GatewayError::AuditUnavailable(_) => 503,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -86,6 +88,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamBroken(_) => "upstream_stream_broken",
             GatewayError::BadUpstreamResponse(_) => "bad_upstream_response",
+            GatewayError::AuditUnavailable(_) => "audit_unavailable",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::Internal(_) => "internal_error",
         }

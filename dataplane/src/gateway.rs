@@ -18,7 +18,9 @@ use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
 use serde_json::json;
 
+use crate::audit_sink::AuditSink;
 use crate::auth::{ApiKeys, Caller};
+use crate::call_record::CallRecord;
 use crate::config::{Config, Limits};
 use crate::error::GatewayError;
 use crate::events::{usage_from_body, Usage};
@@ -54,6 +56,7 @@ pub struct Gateway {
     connector: Connector,
     metrics: Arc<Metrics>,
     lifecycle: Arc<crate::server::Lifecycle>,
+    audit: Option<Arc<AuditSink>>,
     server_options: HttpServerOptions,
     seq: AtomicU64,
     epoch: u64,
@@ -78,24 +81,12 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
     "strict-transport-security",
 ];
 
-/// Facts about one call, for the access log and metrics.
-struct CallRecord {
-    request_id: String,
-    endpoint: &'static str,
-    model: String,
-    provider: String,
-    status: u16,
-    stream: bool,
-    usage: Option<Usage>,
-    error: Option<String>,
-    first_byte: Option<Instant>,
-}
-
 impl Gateway {
     pub fn new(
         state: GatewayState,
         metrics: Arc<Metrics>,
         lifecycle: Arc<crate::server::Lifecycle>,
+        audit: Option<Arc<AuditSink>>,
         h2c: bool,
     ) -> Gateway {
         let mut server_options = HttpServerOptions::default();
@@ -105,6 +96,7 @@ impl Gateway {
             connector: Connector::new(None),
             metrics,
             lifecycle,
+            audit,
             server_options,
             seq: AtomicU64::new(0),
             epoch: std::time::SystemTime::now()
@@ -158,13 +150,13 @@ impl Gateway {
                     method: method.to_string(),
                     path,
                 };
-                return respond_error(session, rec, &e, style, false).await;
+                return self.respond_error(session, rec, &e, style, false).await;
             }
             if let Err(e) = authenticate(&state.keys, session) {
-                return respond_error(session, rec, &e, style, false).await;
+                return self.respond_error(session, rec, &e, style, false).await;
             }
             let body = models_body(&state.router, style);
-            return respond_json(session, rec, 200, body, &[]).await;
+            return self.respond_json(session, rec, 200, body, &[]).await;
         }
 
         let Some(endpoint) = Endpoint::from_path(&path) else {
@@ -172,41 +164,104 @@ impl Gateway {
                 method: method.to_string(),
                 path,
             };
-            return respond_error(session, rec, &e, ErrorStyle::OpenAi, false).await;
+            return self
+                .respond_error(session, rec, &e, ErrorStyle::OpenAi, false)
+                .await;
         };
         rec.endpoint = endpoint.name();
         let style = endpoint.error_style();
+        rec.style = style;
+        rec.governed = true;
         if method != Method::POST {
             let e = GatewayError::MethodNotAllowed {
                 method: method.to_string(),
                 path,
             };
-            return respond_error(session, rec, &e, style, false).await;
+            return self.respond_error(session, rec, &e, style, false).await;
         }
         let caller = match authenticate(&state.keys, session) {
             Ok(c) => c,
-            Err(e) => return respond_error(session, rec, &e, style, false).await,
+            Err(e) => {
+                rec.step(
+                    "verify_identity",
+                    "deny",
+                    "identity",
+                    "config:api_keys",
+                    json!({"method": "api_key", "error": e.code()}),
+                );
+                return self.respond_error(session, rec, &e, style, false).await;
+            }
         };
+        rec.step(
+            "verify_identity",
+            "allow",
+            "identity",
+            "config:api_keys",
+            json!({"method": "api_key", "key": caller.key_name}),
+        );
+        rec.agent = Some(caller.key_name.clone());
         let content_type = session
             .get_header("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !is_json_content_type(content_type) {
             let e = GatewayError::UnsupportedMediaType(content_type.to_string());
-            return respond_error(session, rec, &e, style, false).await;
+            rec.step(
+                "validate_request",
+                "deny",
+                "request",
+                "gateway",
+                json!({"error": e.code()}),
+            );
+            return self.respond_error(session, rec, &e, style, false).await;
         }
         let body = match read_request_body(session, state.limits.max_request_body_bytes).await {
             Ok(b) => b,
-            Err((e, keepalive)) => return respond_error(session, rec, &e, style, keepalive).await,
+            Err((e, keepalive)) => {
+                rec.step(
+                    "validate_request",
+                    "deny",
+                    "request",
+                    "config:limits",
+                    json!({"error": e.code()}),
+                );
+                return self.respond_error(session, rec, &e, style, keepalive).await;
+            }
         };
         let call = match Call::parse(endpoint, &body) {
             Ok(c) => c,
-            Err(e) => return respond_error(session, rec, &e, style, true).await,
+            Err(e) => {
+                rec.step(
+                    "validate_request",
+                    "deny",
+                    "request",
+                    "gateway",
+                    json!({"error": e.code()}),
+                );
+                return self.respond_error(session, rec, &e, style, true).await;
+            }
         };
+        rec.step(
+            "validate_request",
+            "allow",
+            "request",
+            "gateway",
+            json!({"bytes": body.len(), "stream": call.stream}),
+        );
         rec.stream = call.stream;
+        if self.audit.as_ref().is_some_and(|a| a.store_content) {
+            rec.prompt = Some(String::from_utf8_lossy(&body).into_owned());
+        }
         let Some(targets) = state.router.resolve(&call.model) else {
             let e = GatewayError::UnknownModel(call.model.clone());
-            return respond_error(session, rec, &e, style, true).await;
+            rec.step(
+                "route_model",
+                "deny",
+                "network",
+                "config:models",
+                json!({"model": call.model, "error": e.code()}),
+            );
+            return self.respond_error(session, rec, &e, style, true).await;
         };
         // Only configured models become metric labels.
         rec.model = call.model.clone();
@@ -218,8 +273,23 @@ impl Gateway {
                 p.name,
                 p.api_name()
             ));
-            return respond_error(session, rec, &e, style, true).await;
+            rec.step(
+                "route_model",
+                "deny",
+                "network",
+                "config:models",
+                json!({"model": call.model, "error": e.code()}),
+            );
+            return self.respond_error(session, rec, &e, style, true).await;
         }
+        let route: Vec<&str> = targets.iter().map(|t| t.provider.name.as_str()).collect();
+        rec.step(
+            "route_model",
+            "allow",
+            "network",
+            "config:models",
+            json!({"model": call.model, "targets": route}),
+        );
         tracing::debug!(request_id = %rec.request_id, key = %caller.key_name, model = %call.model, "call accepted");
 
         let added_usage = std::sync::atomic::AtomicBool::new(false);
@@ -236,14 +306,26 @@ impl Gateway {
             model: &call.model,
             request_id: &rec.request_id,
         };
+        rec.upstream_started = Some(Instant::now());
         let result =
             upstream::call_with_fallback(&self.connector, &self.metrics, targets, &outbound).await;
         self.update_breaker_gauges(&state);
         let mut resp = match result {
             Ok(r) => r,
-            Err(e) => return respond_error(session, rec, &e, style, true).await,
+            Err(e) => {
+                rec.upstream_ended = Some(Instant::now());
+                rec.step(
+                    "call_upstream",
+                    "error",
+                    "network",
+                    "config:providers",
+                    json!({"error": e.code()}),
+                );
+                return self.respond_error(session, rec, &e, style, true).await;
+            }
         };
         rec.provider = resp.provider.name.clone();
+        rec.step("call_upstream", "allow", "network", "config:providers", json!({"provider": resp.provider.name, "upstream_model": resp.upstream_model, "status": resp.header.status.as_u16()}));
         let is_sse = resp
             .header
             .headers
@@ -266,10 +348,14 @@ impl Gateway {
             let max = state.limits.max_response_body_bytes;
             let body = match upstream::read_body(&mut resp, max).await {
                 Ok(b) => b,
-                Err(e) => return respond_error(session, rec, &e, style, true).await,
+                Err(e) => return self.respond_error(session, rec, &e, style, true).await,
             };
+            rec.upstream_ended = Some(Instant::now());
             if ok {
                 rec.usage = usage_from_body(endpoint, &body);
+            }
+            if rec.prompt.is_some() {
+                rec.response = Some(String::from_utf8_lossy(&body).into_owned());
             }
             let status = resp.header.status.as_u16();
             let headers = passthrough_headers(&resp.header);
@@ -277,7 +363,7 @@ impl Gateway {
             upstream::release(&self.connector, resp).await;
             let mut extra: Vec<(String, Vec<u8>)> = headers;
             extra.push(("x-tappass-provider".into(), provider.into_bytes()));
-            respond_bytes(session, rec, status, body, &extra).await
+            self.respond_bytes(session, rec, status, body, &extra).await
         }
     }
 
@@ -312,14 +398,43 @@ impl Gateway {
             return false;
         }
         let _streams = StreamGauge::new(&self.metrics);
+        if rec.prompt.is_some() {
+            relay.capture_text();
+        }
         let idle = resp.provider.timeouts.idle_ms;
         let mut client_gone = false;
         loop {
-            let out = match upstream::read_chunk(&mut resp.session, resp.deadline, idle).await {
+            let mut out = match upstream::read_chunk(&mut resp.session, resp.deadline, idle).await {
                 Ok(Some(chunk)) => relay.push(&chunk),
                 Ok(None) => relay.finish(),
                 Err(e) => relay.fail(e),
             };
+            if let Some(e) = &out.ended_with {
+                rec.error = Some(e.to_string());
+                rec.bytes_released_before_block = Some(released_before(&relay, &out));
+                rec.step(
+                    "relay_stream",
+                    "error",
+                    "response",
+                    "gateway",
+                    json!({"error": e.code(), "bytes_released": rec.bytes_released_before_block}),
+                );
+            }
+            if relay.is_done() {
+                // The stream's last bytes wait until its audit row is durable.
+                rec.upstream_ended = Some(Instant::now());
+                let usage = relay.usage();
+                if usage != Usage::default() {
+                    rec.usage = Some(usage);
+                }
+                if let Some(text) = relay.captured_text() {
+                    rec.response = Some(text.to_string());
+                }
+                if let Err(e) = self.seal_audit(rec).await {
+                    rec.error = Some(e.to_string());
+                    out.write = relay_error_after_seal_failure(&mut relay, e);
+                }
+            }
             for b in out.write {
                 if rec.first_byte.is_none() {
                     rec.first_byte = Some(Instant::now());
@@ -329,18 +444,19 @@ impl Gateway {
                     break;
                 }
             }
-            if let Some(e) = out.ended_with {
-                rec.error = Some(e.to_string());
-            }
             if client_gone || relay.is_done() {
                 break;
             }
         }
-        let usage = relay.usage();
-        if usage != Usage::default() {
-            rec.usage = Some(usage);
-        }
         if client_gone {
+            // The client left before the end: its row says so.
+            let usage = relay.usage();
+            if usage != Usage::default() {
+                rec.usage = Some(usage);
+            }
+            rec.bytes_released_before_block
+                .get_or_insert(relay.released_bytes());
+            let _ = self.seal_audit(rec).await;
             rec.error
                 .get_or_insert_with(|| "client disconnected".into());
             return false;
@@ -352,7 +468,101 @@ impl Gateway {
         session.finish_body().await.is_ok() && clean
     }
 
-    fn finish_record(&self, rec: &CallRecord, started: Instant) {
+    async fn respond_error(
+        &self,
+        session: &mut ServerSession,
+        rec: &mut CallRecord,
+        err: &GatewayError,
+        style: ErrorStyle,
+        keepalive: bool,
+    ) -> bool {
+        rec.error = Some(err.to_string());
+        rec.error_code = Some(err.code());
+        if !keepalive {
+            session.set_keepalive(None);
+        }
+        let r = err.render(style);
+        let headers = [(
+            "x-tappass-error-code".to_string(),
+            err.code().as_bytes().to_vec(),
+        )];
+        self.respond_bytes(session, rec, r.status, r.body, &headers)
+            .await
+            && keepalive
+    }
+
+    async fn respond_json(
+        &self,
+        session: &mut ServerSession,
+        rec: &mut CallRecord,
+        status: u16,
+        body: Bytes,
+        extra: &[(String, Vec<u8>)],
+    ) -> bool {
+        self.respond_bytes(session, rec, status, body, extra).await
+    }
+
+    /// Write a whole response. The call's audit row is made durable first;
+    /// when it cannot be, the response is replaced by an error (fail closed).
+    async fn respond_bytes(
+        &self,
+        session: &mut ServerSession,
+        rec: &mut CallRecord,
+        status: u16,
+        body: Bytes,
+        extra: &[(String, Vec<u8>)],
+    ) -> bool {
+        rec.status = status;
+        let (status, body, extra) = match self.seal_audit(rec).await {
+            Ok(()) => (status, body, extra.to_vec()),
+            Err(e) => {
+                rec.status = e.status();
+                rec.error = Some(e.to_string());
+                let r = e.render(rec.style);
+                let code = e.code().as_bytes().to_vec();
+                (
+                    r.status,
+                    r.body,
+                    vec![("x-tappass-error-code".to_string(), code)],
+                )
+            }
+        };
+        let Ok(mut h) = ResponseHeader::build(status, Some(4 + extra.len())) else {
+            return false;
+        };
+        for (k, v) in &extra {
+            let _ = h.insert_header(k.clone(), v.as_slice());
+        }
+        if h.headers.get("content-type").is_none() {
+            let _ = h.insert_header("content-type", "application/json");
+        }
+        let _ = h.insert_header("content-length", body.len().to_string());
+        let _ = h.insert_header("x-tappass-request-id", rec.request_id.as_str());
+        if session.write_response_header(Box::new(h)).await.is_err() {
+            return false;
+        }
+        if !body.is_empty() && session.write_response_body(body, true).await.is_err() {
+            return false;
+        }
+        session.finish_body().await.is_ok()
+    }
+
+    /// Write the call's audit row; with `durability: before_response`, wait
+    /// until it is on disk.
+    async fn seal_audit(&self, rec: &mut CallRecord) -> Result<(), GatewayError> {
+        let Some(sink) = &self.audit else {
+            return Ok(());
+        };
+        if rec.audited {
+            return Ok(());
+        }
+        rec.audited = true;
+        sink.write(rec.to_audit_record(&sink.gateway_id, sink.store_content))
+            .await
+    }
+
+    fn finish_record(&self, rec: &CallRecord) {
+        let started = rec.started;
         let elapsed = started.elapsed();
         let m = &self.metrics;
         m.requests
@@ -394,6 +604,18 @@ impl Gateway {
             "call"
         );
     }
+}
+
+/// Bytes released before this output's error event.
+fn released_before(relay: &StreamRelay, out: &crate::relay::RelayOutput) -> u64 {
+    let error_event = out.write.last().map_or(0, |b| b.len() as u64);
+    relay.released_bytes().saturating_sub(error_event)
+}
+
+/// When the audit row of a finished stream cannot be written, the stream
+/// ends with an error event instead of its last bytes.
+fn relay_error_after_seal_failure(relay: &mut StreamRelay, e: GatewayError) -> Vec<Bytes> {
+    relay.abort_with(e)
 }
 
 /// Counts an open client stream for as long as it lives.
@@ -483,63 +705,6 @@ fn models_body(router: &Router, style: ErrorStyle) -> Bytes {
     Bytes::from(body.to_string())
 }
 
-async fn respond_error(
-    session: &mut ServerSession,
-    rec: &mut CallRecord,
-    err: &GatewayError,
-    style: ErrorStyle,
-    keepalive: bool,
-) -> bool {
-    rec.error = Some(err.to_string());
-    if !keepalive {
-        session.set_keepalive(None);
-    }
-    let r = err.render(style);
-    let headers = [(
-        "x-tappass-error-code".to_string(),
-        err.code().as_bytes().to_vec(),
-    )];
-    respond_bytes(session, rec, r.status, r.body, &headers).await && keepalive
-}
-
-async fn respond_json(
-    session: &mut ServerSession,
-    rec: &mut CallRecord,
-    status: u16,
-    body: Bytes,
-    extra: &[(String, Vec<u8>)],
-) -> bool {
-    respond_bytes(session, rec, status, body, extra).await
-}
-
-async fn respond_bytes(
-    session: &mut ServerSession,
-    rec: &mut CallRecord,
-    status: u16,
-    body: Bytes,
-    extra: &[(String, Vec<u8>)],
-) -> bool {
-    rec.status = status;
-    let Ok(mut h) = ResponseHeader::build(status, Some(4 + extra.len())) else {
-        return false;
-    };
-    for (k, v) in extra {
-        let _ = h.insert_header(k.clone(), v.as_slice());
-    }
-    if h.headers.get("content-type").is_none() {
-        let _ = h.insert_header("content-type", "application/json");
-    }
-    let _ = h.insert_header("content-length", body.len().to_string());
-    let _ = h.insert_header("x-tappass-request-id", rec.request_id.as_str());
-    if session.write_response_header(Box::new(h)).await.is_err() {
-        return false;
-    }
-    if !body.is_empty() && session.write_response_body(body, true).await.is_err() {
-        return false;
-    }
-    session.finish_body().await.is_ok()
-}
-
 #[async_trait]
 impl HttpServerApp for Gateway {
     async fn process_new_http(
@@ -559,20 +724,9 @@ impl HttpServerApp for Gateway {
         if *shutdown.borrow() || self.lifecycle.is_draining() {
             session.set_keepalive(None);
         }
-        let started = Instant::now();
-        let mut rec = CallRecord {
-            request_id: self.next_request_id(),
-            endpoint: "unknown",
-            model: String::new(),
-            provider: String::new(),
-            status: 0,
-            stream: false,
-            usage: None,
-            error: None,
-            first_byte: None,
-        };
+        let mut rec = CallRecord::new(self.next_request_id());
         let reusable = self.handle(&mut session, &mut rec).await;
-        self.finish_record(&rec, started);
+        self.finish_record(&rec);
         if !reusable {
             return None;
         }

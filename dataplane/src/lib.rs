@@ -8,6 +8,8 @@
 //! - [`relay`]: the stream relay with per-event hooks and bounded hold-back.
 //! - [`error`]: gateway errors and their one mapping to statuses and wire formats.
 //! - [`auth`]: gateway API keys.
+//! - [`call_record`]: what the gateway knows about one call.
+//! - [`audit_sink`]: writing each call's audit row to the audit WAL.
 //! - [`providers`]: providers, credentials, circuit breakers, model routing.
 //! - [`upstream`]: upstream attempts, fallback, timeouts.
 //! - [`gateway`]: the client-facing Pingora application.
@@ -16,7 +18,9 @@
 //! - [`server`]: assembling and running the Pingora server.
 
 pub mod admin;
+pub mod audit_sink;
 pub mod auth;
+pub mod call_record;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -129,6 +129,7 @@ pub struct StreamRelay {
     done: bool,
     released_bytes: u64,
     frames: Vec<SseFrame>,
+    captured: Option<String>,
 }
 
 impl StreamRelay {
@@ -153,6 +154,7 @@ impl StreamRelay {
             done: false,
             released_bytes: 0,
             frames: Vec::new(),
+            captured: None,
         }
     }
 
@@ -164,6 +166,22 @@ impl StreamRelay {
     /// Bytes released to the client so far.
     pub fn released_bytes(&self) -> u64 {
         self.released_bytes
+    }
+
+    /// Keep the text the stream carries (for deployments that store content).
+    pub fn capture_text(&mut self) {
+        self.captured.get_or_insert_with(String::new);
+    }
+
+    /// The text seen so far, when captured.
+    pub fn captured_text(&self) -> Option<&str> {
+        self.captured.as_deref()
+    }
+
+    /// End the stream with `err` even if it already ended normally: the
+    /// returned error event replaces whatever was about to be written.
+    pub fn abort_with(&mut self, err: GatewayError) -> Vec<Bytes> {
+        vec![self.end_with(&err)]
     }
 
     /// Whether the stream has ended (normally or with an error).
@@ -259,6 +277,9 @@ impl StreamRelay {
 
     fn process(&mut self, frame: SseFrame, out: &mut RelayOutput) -> Result<(), GatewayError> {
         let info = self.events.decode(&frame);
+        if let (Some(buf), Some(t)) = (self.captured.as_mut(), info.text.as_deref()) {
+            buf.push_str(t);
+        }
         if info.terminal {
             self.saw_terminal = true;
         }

@@ -14,6 +14,7 @@ use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch}
 use pingora_core::services::listening::Service;
 
 use crate::admin::Admin;
+use crate::audit_sink::AuditSink;
 use crate::config::{Config, ProviderKind, TlsConfig};
 use crate::gateway::{Gateway, GatewayState};
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     State(String),
+    #[error("cannot open the audit log in {dir}: {detail}")]
+    Audit { dir: PathBuf, detail: String },
     #[error("TLS setup for {listener} failed: {detail}")]
     Tls { listener: String, detail: String },
 }
@@ -178,9 +181,24 @@ impl GatewayServer {
             None
         };
 
+        let audit = match &config.audit {
+            Some(cfg) => Some(Arc::new(AuditSink::open(cfg).map_err(|e| {
+                ServerError::Audit {
+                    dir: cfg.dir.clone(),
+                    detail: e.to_string(),
+                }
+            })?)),
+            None => None,
+        };
         let state =
             GatewayState::from_config(config, mock_socket.as_ref()).map_err(ServerError::State)?;
-        let gateway = Gateway::new(state, metrics.clone(), lifecycle.clone(), config.h2c);
+        let gateway = Gateway::new(
+            state,
+            metrics.clone(),
+            lifecycle.clone(),
+            audit.clone(),
+            config.h2c,
+        );
         let mut service = Service::new("tappass-gateway".into(), gateway);
         match &config.tls {
             Some(tls) => {
@@ -192,7 +210,7 @@ impl GatewayServer {
 
         let mut admin = Service::new(
             "tappass-admin".into(),
-            Admin::new(metrics, lifecycle.clone()),
+            Admin::new(metrics, lifecycle.clone(), audit),
         );
         match &config.admin_tls {
             Some(tls) => admin.add_tls_with_settings(

@@ -88,7 +88,9 @@ async fn cleartext_http2_with_prior_knowledge() {
 async fn embedded_default_config_works_offline_and_prints_exports() {
     let port = free_port();
     let admin = free_port();
+    let cwd = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tappass-gateway"))
+        .current_dir(cwd.path())
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .stdout(Stdio::piped())
@@ -145,6 +147,16 @@ async fn embedded_default_config_works_offline_and_prints_exports() {
     let body = r.text().await.unwrap();
     assert!(body.contains("event: message_stop"), "{body}");
     drop(proc);
+    // The default configuration keeps an audit trail beside where it runs.
+    let jwks = std::fs::read_to_string(cwd.path().join(".tappass/audit/jwks.json")).unwrap();
+    let report = tappass_audit::verify::verify_dir(
+        &cwd.path().join(".tappass/audit"),
+        &tappass_audit::Jwks::from_json(&jwks).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.rows, 2);
 }
 
 #[tokio::test]
