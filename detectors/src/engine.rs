@@ -28,6 +28,10 @@ pub const MAX_MATCH_LEN: usize = 1024;
 /// block that starts with a short prefilter header.
 pub const MAX_EXTENDED_LEN: usize = 16 * 1024;
 
+/// While streaming, a match is final only once this many bytes follow it
+/// (or the stream ended, or the match reached its maximum length).
+const STABLE_MARGIN: usize = 80;
+
 /// Decoded blobs are scanned again at most this deep.
 const MAX_DECODE_DEPTH: u8 = 1;
 
@@ -64,7 +68,8 @@ pub(crate) struct CompiledRule {
     pub decode: Option<Decode>,
     pub regex: Regex,
     pub value_group: bool,
-    /// Maximum length of the prefilter (Hyperscan) match.
+    /// How far before a prefilter end a match may start: the prefilter's
+    /// maximum length, or the rule's `lookbehind` if larger.
     pub hs_max_len: usize,
     /// Maximum length of the confirmed match.
     pub max_len: usize,
@@ -136,9 +141,9 @@ fn hir_max_len(id: &str, pattern: &str, caseless: bool) -> Result<(usize, usize)
             message: e.to_string(),
         })?;
     let props = hir.properties();
-    let max = props.maximum_len().ok_or_else(|| BuildError::Unbounded {
-        id: id.to_string(),
-    })?;
+    let max = props
+        .maximum_len()
+        .ok_or_else(|| BuildError::Unbounded { id: id.to_string() })?;
     Ok((props.minimum_len().unwrap_or(0), max))
 }
 
@@ -234,6 +239,14 @@ impl RuleSet {
                     limit: MAX_MATCH_LEN,
                 });
             }
+            let hs_max_len = hs_max_len.max(spec.lookbehind.unwrap_or(0));
+            if hs_max_len > MAX_MATCH_LEN {
+                return Err(BuildError::TooLong {
+                    id: spec.id.clone(),
+                    max: hs_max_len,
+                    limit: MAX_MATCH_LEN,
+                });
+            }
             let (_, max_len) = hir_max_len(&spec.id, &pattern, spec.caseless)?;
             if max_len > MAX_EXTENDED_LEN {
                 return Err(BuildError::TooLong {
@@ -250,7 +263,10 @@ impl RuleSet {
                     id: spec.id.clone(),
                     message: e.to_string(),
                 })?;
-            let value_group = regex.group_info().to_index(regex_automata::PatternID::ZERO, "v").is_some();
+            let value_group = regex
+                .group_info()
+                .to_index(regex_automata::PatternID::ZERO, "v")
+                .is_some();
             hs_patterns.push((prefilter, spec.caseless));
             compiled.push(CompiledRule {
                 id: Arc::from(spec.id.as_str()),
@@ -309,7 +325,10 @@ impl RuleSet {
         } else {
             let ids = inj.iter().map(|(_, i)| *i).collect();
             let ex: Vec<hs::Expr<'_>> = inj.into_iter().map(|(e, _)| e).collect();
-            Some((Database::compile(&ex, hs::Mode::Block).map_err(map_err)?, ids))
+            Some((
+                Database::compile(&ex, hs::Mode::Block).map_err(map_err)?,
+                ids,
+            ))
         };
         let hs_err = |e: hs::HsError| BuildError::Hyperscan {
             id: "<scratch>".into(),
@@ -509,7 +528,9 @@ impl RuleSet {
         let input = Input::new(hay).span(lo..hi);
         let mut matches: Vec<Range<usize>> = Vec::new();
         for m in rule.regex.find_iter(input) {
-            if m.end() == hay.len() && !finished && m.len() < rule.max_len {
+            // A match close to the end of the data may still grow (greedy
+            // repeats, optional suffixes such as a PEM END line).
+            if !finished && m.len() < rule.max_len && hay.len() - m.end() < STABLE_MARGIN {
                 return Confirm::Pending;
             }
             matches.push(m.range());
@@ -521,8 +542,10 @@ impl RuleSet {
             let mut v = m.clone();
             if rule.value_group {
                 let mut caps = rule.regex.create_captures();
-                rule.regex
-                    .search_captures(&Input::new(hay).span(m.clone()).anchored(Anchored::Yes), &mut caps);
+                rule.regex.search_captures(
+                    &Input::new(hay).span(m.clone()).anchored(Anchored::Yes),
+                    &mut caps,
+                );
                 if let Some(g) = caps.get_group_by_name("v") {
                     v = g.range();
                 } else {
@@ -553,7 +576,8 @@ impl RuleSet {
                 }
                 continue;
             }
-            let evidence = Evidence::new(&self.inner.key, &value, rule.prefix.as_deref(), &rule.label);
+            let evidence =
+                Evidence::new(&self.inner.key, &value, rule.prefix.as_deref(), &rule.label);
             out.push(Raw {
                 rule: rule_ix,
                 span: base + v.start..base + v.end,
@@ -566,10 +590,6 @@ impl RuleSet {
 
     pub(crate) fn rule(&self, ix: u32) -> &CompiledRule {
         &self.inner.rules[ix as usize]
-    }
-
-    pub(crate) fn key(&self) -> &EvidenceKey {
-        &self.inner.key
     }
 }
 

@@ -44,8 +44,14 @@ impl EvidenceKey {
             ipad[i] ^= self.0[i];
             opad[i] ^= self.0[i];
         }
-        let inner = Sha256::new().chain_update(ipad).chain_update(value).finalize();
-        let outer = Sha256::new().chain_update(opad).chain_update(inner).finalize();
+        let inner = Sha256::new()
+            .chain_update(ipad)
+            .chain_update(value)
+            .finalize();
+        let outer = Sha256::new()
+            .chain_update(opad)
+            .chain_update(inner)
+            .finalize();
         hex::encode(&outer[..12])
     }
 }

@@ -318,8 +318,7 @@ impl Stream {
         let raw = std::mem::replace(&mut self.raw, ptr::null_mut());
         let ctx = on_match as *mut F as *mut c_void;
         // SAFETY: raw is an open stream, closed exactly once here.
-        let rc =
-            unsafe { sys::hs_close_stream(raw, scratch.raw, Some(trampoline::<F>), ctx) };
+        let rc = unsafe { sys::hs_close_stream(raw, scratch.raw, Some(trampoline::<F>), ctx) };
         check(rc, "hs_close_stream")
     }
 }

@@ -81,10 +81,11 @@ impl RuleSet {
             hit_ids.sort_unstable();
             hit_ids.dedup();
             for id in hit_ids {
-                let Some(&rix) = ids.get(id as usize) else {
+                // ids are global rule indexes (the database reports them)
+                if !ids.contains(&id) {
                     continue;
-                };
-                let rule = self.rule(rix);
+                }
+                let rule = self.rule(id);
                 let fam: Arc<str> = rule.family.clone().unwrap_or_else(|| rule.id.clone());
                 let w = families.entry(fam).or_insert(0.0);
                 *w = w.max(rule.score);

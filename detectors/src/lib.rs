@@ -64,7 +64,11 @@ pub enum BuildError {
     #[error("rule `{id}`: pattern has no maximum length (bound every repetition)")]
     Unbounded { id: String },
     #[error("rule `{id}`: maximum match length {max} exceeds the limit {limit}")]
-    TooLong { id: String, max: usize, limit: usize },
+    TooLong {
+        id: String,
+        max: usize,
+        limit: usize,
+    },
     #[error("duplicate rule id `{0}`")]
     DuplicateId(String),
     #[error("rule set has no detection rules")]

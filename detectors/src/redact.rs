@@ -27,7 +27,9 @@ impl std::str::FromStr for RedactMode {
             "mask" => Ok(RedactMode::Mask),
             "pseudonym" => Ok(RedactMode::Pseudonym),
             "partial" => Ok(RedactMode::Partial),
-            o => Err(format!("unknown redaction mode `{o}` (mask, pseudonym, partial)")),
+            o => Err(format!(
+                "unknown redaction mode `{o}` (mask, pseudonym, partial)"
+            )),
         }
     }
 }
@@ -122,7 +124,10 @@ pub fn redact_window(
 }
 
 fn partial(label: &str, value: &str) -> String {
-    let alnum: Vec<char> = value.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let alnum: Vec<char> = value
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
     let tail = |n: usize| -> String {
         // never reveal more than a quarter of the value
         let n = n.min(alnum.len() / 4);

@@ -149,6 +149,11 @@ pub struct RuleSpec {
     /// Literal public prefix of the value (shown in evidence previews).
     #[serde(default)]
     pub prefix: Option<String>,
+    /// For rules with a `prefilter`: how many bytes before the prefilter's
+    /// end the confirmed match may start (default: the prefilter's maximum
+    /// length). Counts towards the streaming hold-back.
+    #[serde(default)]
+    pub lookbehind: Option<usize>,
     /// Injection family / exfiltration class / PII type.
     #[serde(default)]
     pub family: Option<String>,
@@ -174,7 +179,10 @@ fn default_score() -> f32 {
 pub const BUILTIN_RULE_FILES: &[(&str, &str)] = &[
     ("pii.yaml", include_str!("../rules/pii.yaml")),
     ("secrets.yaml", include_str!("../rules/secrets.yaml")),
-    ("secrets-more.yaml", include_str!("../rules/secrets-more.yaml")),
+    (
+        "secrets-more.yaml",
+        include_str!("../rules/secrets-more.yaml"),
+    ),
     ("injection.yaml", include_str!("../rules/injection.yaml")),
     ("exfil.yaml", include_str!("../rules/exfil.yaml")),
     ("encoded.yaml", include_str!("../rules/encoded.yaml")),
@@ -183,12 +191,24 @@ pub const BUILTIN_RULE_FILES: &[(&str, &str)] = &[
 /// Built-in domain lists, embedded (one domain per line, `#` comments).
 pub const BUILTIN_DOMAIN_LISTS: &[(&str, &str)] = &[
     ("paste", include_str!("../rules/domains/paste.txt")),
-    ("request-catcher", include_str!("../rules/domains/request-catcher.txt")),
+    (
+        "request-catcher",
+        include_str!("../rules/domains/request-catcher.txt"),
+    ),
     ("oob", include_str!("../rules/domains/oob.txt")),
-    ("file-sharing", include_str!("../rules/domains/file-sharing.txt")),
+    (
+        "file-sharing",
+        include_str!("../rules/domains/file-sharing.txt"),
+    ),
     ("tunnel", include_str!("../rules/domains/tunnel.txt")),
-    ("url-shortener", include_str!("../rules/domains/url-shortener.txt")),
-    ("dynamic-dns", include_str!("../rules/domains/dynamic-dns.txt")),
+    (
+        "url-shortener",
+        include_str!("../rules/domains/url-shortener.txt"),
+    ),
+    (
+        "dynamic-dns",
+        include_str!("../rules/domains/dynamic-dns.txt"),
+    ),
 ];
 
 /// Parse a YAML rule file.

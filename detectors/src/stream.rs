@@ -87,7 +87,13 @@ impl StreamScanner {
         }
         let norm_start = self.base + self.buf.len();
         let buf_start = self.buf.len();
-        normalize::normalize_append(chunk, self.orig_total, norm_start, &mut self.buf, &mut self.map);
+        normalize::normalize_append(
+            chunk,
+            self.orig_total,
+            norm_start,
+            &mut self.buf,
+            &mut self.map,
+        );
         self.orig_total += chunk.len();
         let hits = &mut self.hits;
         hits.clear();
@@ -113,8 +119,10 @@ impl StreamScanner {
         let hits = &mut self.hits;
         hits.clear();
         if let Some(hs) = self.hs.take() {
-            hs.close(&mut self.scratch, &mut |id, to| hits.push((id, to as usize)))
-                .map_err(|e| ScanError(e.message))?;
+            hs.close(&mut self.scratch, &mut |id, to| {
+                hits.push((id, to as usize))
+            })
+            .map_err(|e| ScanError(e.message))?;
         }
         self.absorb_hits();
         self.finished = true;
@@ -159,7 +167,9 @@ impl StreamScanner {
             }
         }
         // repeated matches of a rule across clusters
-        raws.retain(|r| r.span.start >= self.emitted_until[r.rule as usize] || r.encoding.is_some());
+        raws.retain(|r| {
+            r.span.start >= self.emitted_until[r.rule as usize] || r.encoding.is_some()
+        });
         let raws = merge(self.rs.rules_slice(), raws);
         for r in &raws {
             let e = &mut self.emitted_until[r.rule as usize];

@@ -66,7 +66,11 @@ fn gen(h: &Hir, rng: &mut Rng, out: &mut Vec<u8>) {
                     (a <= b).then_some((a, b))
                 })
                 .collect();
-            let pool = if printable.is_empty() { ranges } else { printable };
+            let pool = if printable.is_empty() {
+                ranges
+            } else {
+                printable
+            };
             let total: u64 = pool.iter().map(|&(a, b)| (b - a) as u64 + 1).sum();
             let mut k = rng.below(total);
             for (a, b) in pool {

@@ -85,7 +85,7 @@ pub fn luhn(d: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.rem_euclid(10) == 0
 }
 
 fn luhn_str(s: &str) -> bool {
@@ -111,9 +111,9 @@ pub fn card(s: &str) -> bool {
     let p = |k: usize| d[..k].iter().fold(0u32, |a, &x| a * 10 + x as u32);
     let (p1, p2, p3, p4, p6) = (p(1), p(2), p(3), p(4), p(6));
     let brand_ok = match p1 {
-        4 => matches!(n, 13 | 16 | 19),                               // Visa
+        4 => matches!(n, 13 | 16 | 19), // Visa
         5 => (51..=55).contains(&p2) && n == 16 || p2 == 50 || (56..=59).contains(&p2), // MC, Maestro
-        2 => (2221..=2720).contains(&p4) && n == 16,                    // MC 2-series
+        2 => (2221..=2720).contains(&p4) && n == 16, // MC 2-series
         3 => {
             (p2 == 34 || p2 == 37) && n == 15                           // Amex
                 || (3528..=3589).contains(&p4) && (16..=19).contains(&n) // JCB
@@ -139,19 +139,94 @@ pub fn card(s: &str) -> bool {
 /// IBAN lengths per ISO 13616 registry country code.
 fn iban_len(cc: &str) -> Option<usize> {
     Some(match cc {
-        "AD" => 24, "AE" => 23, "AL" => 28, "AT" => 20, "AZ" => 28, "BA" => 20, "BE" => 16,
-        "BG" => 22, "BH" => 22, "BI" => 27, "BR" => 29, "BY" => 28, "CH" => 21, "CR" => 22,
-        "CY" => 28, "CZ" => 24, "DE" => 22, "DJ" => 27, "DK" => 18, "DO" => 28, "EE" => 20,
-        "EG" => 29, "ES" => 24, "FI" => 18, "FK" => 18, "FO" => 18, "FR" => 27, "GB" => 22,
-        "GE" => 22, "GI" => 23, "GL" => 18, "GR" => 27, "GT" => 28, "HR" => 21, "HU" => 28,
-        "IE" => 22, "IL" => 23, "IQ" => 23, "IS" => 26, "IT" => 27, "JO" => 30, "KW" => 30,
-        "KZ" => 20, "LB" => 28, "LC" => 32, "LI" => 21, "LT" => 20, "LU" => 20, "LV" => 21,
-        "LY" => 25, "MC" => 27, "MD" => 24, "ME" => 22, "MK" => 19, "MN" => 20, "MR" => 27,
-        "MT" => 31, "MU" => 30, "NI" => 28, "NL" => 18, "NO" => 15, "OM" => 23, "PK" => 24,
-        "PL" => 28, "PS" => 29, "PT" => 25, "QA" => 29, "RO" => 24, "RS" => 22, "RU" => 33,
-        "SA" => 24, "SC" => 31, "SD" => 18, "SE" => 24, "SI" => 19, "SK" => 24, "SM" => 27,
-        "SO" => 23, "ST" => 25, "SV" => 28, "TL" => 23, "TN" => 24, "TR" => 26, "UA" => 29,
-        "VA" => 22, "VG" => 24, "XK" => 20, "YE" => 30,
+        "AD" => 24,
+        "AE" => 23,
+        "AL" => 28,
+        "AT" => 20,
+        "AZ" => 28,
+        "BA" => 20,
+        "BE" => 16,
+        "BG" => 22,
+        "BH" => 22,
+        "BI" => 27,
+        "BR" => 29,
+        "BY" => 28,
+        "CH" => 21,
+        "CR" => 22,
+        "CY" => 28,
+        "CZ" => 24,
+        "DE" => 22,
+        "DJ" => 27,
+        "DK" => 18,
+        "DO" => 28,
+        "EE" => 20,
+        "EG" => 29,
+        "ES" => 24,
+        "FI" => 18,
+        "FK" => 18,
+        "FO" => 18,
+        "FR" => 27,
+        "GB" => 22,
+        "GE" => 22,
+        "GI" => 23,
+        "GL" => 18,
+        "GR" => 27,
+        "GT" => 28,
+        "HR" => 21,
+        "HU" => 28,
+        "IE" => 22,
+        "IL" => 23,
+        "IQ" => 23,
+        "IS" => 26,
+        "IT" => 27,
+        "JO" => 30,
+        "KW" => 30,
+        "KZ" => 20,
+        "LB" => 28,
+        "LC" => 32,
+        "LI" => 21,
+        "LT" => 20,
+        "LU" => 20,
+        "LV" => 21,
+        "LY" => 25,
+        "MC" => 27,
+        "MD" => 24,
+        "ME" => 22,
+        "MK" => 19,
+        "MN" => 20,
+        "MR" => 27,
+        "MT" => 31,
+        "MU" => 30,
+        "NI" => 28,
+        "NL" => 18,
+        "NO" => 15,
+        "OM" => 23,
+        "PK" => 24,
+        "PL" => 28,
+        "PS" => 29,
+        "PT" => 25,
+        "QA" => 29,
+        "RO" => 24,
+        "RS" => 22,
+        "RU" => 33,
+        "SA" => 24,
+        "SC" => 31,
+        "SD" => 18,
+        "SE" => 24,
+        "SI" => 19,
+        "SK" => 24,
+        "SM" => 27,
+        "SO" => 23,
+        "ST" => 25,
+        "SV" => 28,
+        "TL" => 23,
+        "TN" => 24,
+        "TR" => 26,
+        "UA" => 29,
+        "VA" => 22,
+        "VG" => 24,
+        "XK" => 20,
+        "YE" => 30,
         _ => return None,
     })
 }
@@ -327,8 +402,8 @@ pub fn es_dni(s: &str) -> bool {
 pub fn it_codice_fiscale(s: &str) -> bool {
     const ODD: [u32; 36] = [
         1, 0, 5, 7, 9, 13, 15, 17, 19, 21, // 0-9
-        1, 0, 5, 7, 9, 13, 15, 17, 19, 21, 2, 4, 18, 20, 11, 3, 6, 8, 12, 14, 16, 10, 22, 25,
-        24, 23, // A-Z
+        1, 0, 5, 7, 9, 13, 15, 17, 19, 21, 2, 4, 18, 20, 11, 3, 6, 8, 12, 14, 16, 10, 22, 25, 24,
+        23, // A-Z
     ];
     let b: Vec<u8> = s.bytes().map(|c| c.to_ascii_uppercase()).collect();
     if b.len() != 16 || !b.iter().all(|c| c.is_ascii_alphanumeric()) {
@@ -466,7 +541,7 @@ pub fn email(s: &str) -> bool {
 /// Phone: 7–15 digits (E.164 maximum is 15), not all one digit, and not a
 /// plain ISO date or version.
 pub fn phone(s: &str) -> bool {
-    let main = match s.find(|c: char| c == 'x' || c == 'X') {
+    let main = match s.find(['x', 'X']) {
         Some(i) => &s[..i],
         None => s,
     };
@@ -480,11 +555,7 @@ pub fn phone(s: &str) -> bool {
         .split(|c: char| !c.is_ascii_digit())
         .filter(|g| !g.is_empty())
         .collect();
-    if groups.len() == 3
-        && groups[0].len() == 4
-        && groups[1].len() == 2
-        && groups[2].len() == 2
-    {
+    if groups.len() == 3 && groups[0].len() == 4 && groups[1].len() == 2 && groups[2].len() == 2 {
         return false;
     }
     true
@@ -515,8 +586,8 @@ pub fn date(s: &str) -> bool {
 
 const MONTHS: &[&str] = &[
     "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec", "janv",
-    "fév", "mär", "mai", "juin", "juil", "août", "okt", "dez", "ene", "abr", "ago", "dic",
-    "gen", "mag", "giu", "lug", "set", "ott",
+    "fév", "mär", "mai", "juin", "juil", "août", "okt", "dez", "ene", "abr", "ago", "dic", "gen",
+    "mag", "giu", "lug", "set", "ott",
 ];
 
 /// JWT: the header decodes (base64url) to a JSON object naming `alg`.
@@ -560,9 +631,30 @@ pub fn shannon_entropy(s: &str) -> f64 {
 pub fn not_placeholder(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
     const WORDS: &[&str] = &[
-        "xxxx", "****", "....", "<", ">", "${", "{{", "your", "example", "placeholder",
-        "redacted", "changeme", "dummy", "sample", "abcdefgh", "12345678", "00000000",
-        "insert", "replace", "here", "fake", "test1234", "secret_key_here", "token_here",
+        "xxxx",
+        "****",
+        "....",
+        "<",
+        ">",
+        "${",
+        "{{",
+        "your",
+        "example",
+        "placeholder",
+        "redacted",
+        "changeme",
+        "dummy",
+        "sample",
+        "abcdefgh",
+        "12345678",
+        "00000000",
+        "insert",
+        "replace",
+        "here",
+        "fake",
+        "test1234",
+        "secret_key_here",
+        "token_here",
     ];
     if WORDS.iter().any(|w| lower.contains(w)) {
         return false;
@@ -736,7 +828,9 @@ mod tests {
         assert!(date("1980-03-12"));
         assert!(date("12 March 1980"));
         assert!(!date("45/13/1980"));
-        assert!(jwt("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjMifQ.sig"));
+        assert!(jwt(
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjMifQ.sig"
+        ));
         assert!(!jwt("eyJmb28iOiJiYXIifQ.eyJzdWIiOiIxMjMifQ.sig"));
         assert!(shannon_entropy("aaaa") < 0.01);
         assert!(shannon_entropy("aZ3kP9qL2mX7vB1n") > 3.9);
@@ -746,7 +840,9 @@ mod tests {
         assert!(url_carries_data(
             "https://evil.example/log?d=U2VjcmV0IGRhdGEgZnJvbSB0aGUgY2hhdA=="
         ));
-        assert!(!url_carries_data("https://example.com/docs/getting-started?page=2"));
+        assert!(!url_carries_data(
+            "https://example.com/docs/getting-started?page=2"
+        ));
     }
 
     #[test]

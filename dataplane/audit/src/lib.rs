@@ -10,7 +10,6 @@
 //!   erasure, and a read-only reader.
 //! - [`verify`]: offline verification of a whole WAL.
 
-pub mod canonical;
 pub mod chain;
 pub mod keys;
 pub mod record;

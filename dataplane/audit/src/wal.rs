@@ -18,10 +18,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
-use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use crate::canonical::to_canonical;
 use crate::chain::{self, Checkpoint, CheckpointKind, SealedRow, GENESIS_HASH};
 use crate::keys::AuditKey;
 use crate::record::AuditRecord;
@@ -368,15 +366,14 @@ impl Writer {
     /// Write the appends of a batch in one synced write, then acknowledge
     /// them; erasures and prunes run in queue order between appends.
     fn process(&mut self, batch: Vec<Msg>) {
-        let mut pending: Vec<(SealedRow, oneshot::Sender<Result<u64, String>>)> = Vec::new();
+        let mut pending: Vec<(chain::EncodedRow, oneshot::Sender<Result<u64, String>>)> =
+            Vec::new();
         for msg in batch {
             match msg {
                 Msg::Append(record, ack) => {
-                    let body = match to_canonical(&*record)
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| String::from_utf8(b).map_err(|e| e.to_string()))
-                        .and_then(|s| RawValue::from_string(s).map_err(|e| e.to_string()))
-                    {
+                    // The body is stored exactly as serialized here and
+                    // hashed as stored, so it needs no canonical form.
+                    let body = match serde_json::to_string(&*record) {
                         Ok(b) => b,
                         Err(e) => {
                             let _ = ack.send(Err(format!("cannot encode audit row: {e}")));
@@ -390,7 +387,7 @@ impl Writer {
                     let seq = pending.last().map_or(self.head.seq, |(r, _)| r.seq) + 1;
                     let sign =
                         matches!(self.config.signing, SigningMode::PerRow).then_some(&self.key);
-                    pending.push((chain::seal(seq, &prev, body, sign), ack));
+                    pending.push((chain::seal_encoded(seq, &prev, body, sign), ack));
                 }
                 Msg::Erase { seq, reason, done } => {
                     self.commit(std::mem::take(&mut pending));
@@ -405,7 +402,7 @@ impl Writer {
         self.commit(pending);
     }
 
-    fn commit(&mut self, rows: Vec<(SealedRow, oneshot::Sender<Result<u64, String>>)>) {
+    fn commit(&mut self, rows: Vec<(chain::EncodedRow, oneshot::Sender<Result<u64, String>>)>) {
         if rows.is_empty() {
             return;
         }
@@ -413,9 +410,7 @@ impl Writer {
             let cf_rows = cf(&self.db, CF_ROWS)?;
             let mut wb = WriteBatch::default();
             for (row, _) in &rows {
-                let value =
-                    serde_json::to_vec(row).map_err(|e| AuditError::Write(e.to_string()))?;
-                wb.put_cf(cf_rows, seq_key(row.seq), value);
+                wb.put_cf(cf_rows, seq_key(row.seq), &row.stored);
             }
             self.write(wb)
         })();
@@ -424,7 +419,7 @@ impl Writer {
                 let (last, _) = &rows[rows.len() - 1];
                 self.head.seq = last.seq;
                 self.head.hash = last.hash.clone();
-                if last.mandate.is_some() {
+                if last.signed {
                     self.head.signed_seq = last.seq;
                 }
                 self.publish();

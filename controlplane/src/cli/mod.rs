@@ -1,0 +1,37 @@
+//! Operator CLI (`tappass`). Each subcommand is a module with an `Args`
+//! struct and a `run` returning the process exit code; add new subcommands
+//! (policy, token, audit, …) as further variants of [`Command`].
+
+use clap::{Parser, Subcommand};
+
+pub mod scan;
+
+// Policy engine subcommands (issue 4).
+pub mod keys;
+pub mod packs;
+pub mod policy;
+pub mod provider;
+
+#[derive(Debug, Parser)]
+#[command(name = "tappass", version, about = "TapPass operator CLI")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scan files or stdin for secrets, PII, prompt injection and
+    /// exfiltration (exit 1 when anything is found).
+    Scan(scan::ScanArgs),
+
+    // ---- policy engine (issue 4) ----
+    /// Compile, preview and verify policies.
+    Policy(policy::PolicyArgs),
+    /// List policy providers and render a Compiled Policy for a target.
+    Provider(provider::ProviderArgs),
+    /// List and show the built-in compliance packs.
+    Packs(packs::PacksArgs),
+    /// Manage policy signing keys.
+    Keys(keys::KeysArgs),
+}

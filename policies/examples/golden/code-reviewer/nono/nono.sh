@@ -1,0 +1,1 @@
+nono run --read /srv/work/reviews --net-block -- "$@"

@@ -1,0 +1,1 @@
+nono run --allow /workspace --net-block -- "$@"
