@@ -1,4 +1,4 @@
 //! TapPass control plane. For now: the operator CLI's command
-//! implementations (`tappass scan`).
+//! implementations (`scan`, `policy`, `provider`, `packs`, `keys`, `audit`).
 
 pub mod cli;

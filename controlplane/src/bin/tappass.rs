@@ -1,6 +1,6 @@
 //! `tappass`: the TapPass operator CLI.
 //!
-//! Subcommands live in `tappass_controlplane::cli`; today only `scan`.
+//! Subcommands live in `tappass_controlplane::cli`.
 //! Exit codes: 0 nothing found / success, 1 findings, 2 usage or I/O error.
 
 use std::process::ExitCode;
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Provider(args) => tappass_controlplane::cli::provider::run(&args),
         Command::Packs(args) => tappass_controlplane::cli::packs::run(&args),
         Command::Keys(args) => tappass_controlplane::cli::keys::run(&args),
+        Command::Audit(args) => tappass_controlplane::cli::audit::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

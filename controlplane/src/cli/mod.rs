@@ -4,9 +4,10 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod audit;
 pub mod scan;
 
-// Policy engine subcommands (issue 4).
+// Policy engine subcommands.
 pub mod keys;
 pub mod packs;
 pub mod policy;
@@ -25,7 +26,7 @@ pub enum Command {
     /// exfiltration (exit 1 when anything is found).
     Scan(scan::ScanArgs),
 
-    // ---- policy engine (issue 4) ----
+    // ---- policy engine ----
     /// Compile, preview and verify policies.
     Policy(policy::PolicyArgs),
     /// List policy providers and render a Compiled Policy for a target.
@@ -34,4 +35,6 @@ pub enum Command {
     Packs(packs::PacksArgs),
     /// Manage policy signing keys.
     Keys(keys::KeysArgs),
+    /// Verify, read and export a gateway's audit trail.
+    Audit(audit::AuditArgs),
 }
