@@ -298,7 +298,10 @@ fn run_tail(a: &TailArgs) -> Result<u8> {
     for l in &last {
         println!("{l}");
     }
-    while a.follow {
+    if !a.follow {
+        return Ok(0);
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(500));
         // A read-only open sees the log as of the moment it opens.
         let reader = WalReader::open(&a.wal)?;
@@ -310,7 +313,6 @@ fn run_tail(a: &TailArgs) -> Result<u8> {
             }
         }
     }
-    Ok(0)
 }
 
 fn find_trace(reader: &WalReader, trace: &str) -> Result<Option<SealedRow>> {
