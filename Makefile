@@ -4,7 +4,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/tappass/target
 export CARGO_TARGET_DIR
 
-.PHONY: setup build run test test-rust test-sdk lint fmt clean-sockets
+.PHONY: setup build run test lint fmt bench
 
 setup:
 	@bash scripts/setup-debian.sh
@@ -23,6 +23,12 @@ run: setup
 test: build
 	cargo test --workspace
 	bash tests/sdk/run.sh
+
+## Load benchmark: direct vs Pingora pass-through vs TapPass (vs LiteLLM
+## and Portkey with BENCH_ARGS=--peers); results in benches/results/.
+bench: setup
+	cargo build --release -p tappass-dataplane -p tappass-benches --bins
+	$(CARGO_TARGET_DIR)/release/tappass-bench $(BENCH_ARGS)
 
 lint: setup
 	cargo fmt --all -- --check

@@ -456,9 +456,9 @@ impl Gateway {
             }
             rec.bytes_released_before_block
                 .get_or_insert(relay.released_bytes());
-            let _ = self.seal_audit(rec).await;
             rec.error
                 .get_or_insert_with(|| "client disconnected".into());
+            let _ = self.seal_audit(rec).await;
             return false;
         }
         let clean = rec.error.is_none();
