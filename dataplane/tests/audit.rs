@@ -268,3 +268,48 @@ fn an_unwritable_audit_dir_stops_the_gateway_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("audit"), "{err}");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_is_audited_with_what_it_received() {
+    let mock = start_mock(&["--chunk-delay-ms", "100", "--chunk-size", "2"]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let mut gw = Gateway::start(&audited(&mock, &dir, ""));
+    let mut resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&chat(
+            "m",
+            "a reply long enough to leave in the middle of it",
+            true,
+        ))
+        .send()
+        .await
+        .unwrap();
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(resp);
+    // The gateway notices on its next write.
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let head: Value = client()
+            .get(gw.admin_url("/audit/head"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if head["seq"] == 1 {
+            gw.proc.terminate();
+            rows = records(&dir);
+            break;
+        }
+    }
+    assert_eq!(rows.len(), 1, "the abandoned stream has its row");
+    assert_eq!(rows[0].decision, tappass_audit::Decision::Error);
+    assert_eq!(rows[0].reason.as_deref(), Some("client disconnected"));
+    assert!(rows[0].bytes_released_before_block.unwrap() > 0);
+    assert!(verify(&dir).ok());
+}
