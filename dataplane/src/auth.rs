@@ -15,8 +15,125 @@ pub struct ApiKeys {
 /// Who a verified caller is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The key's configured name.
-    pub key_name: String,
+    /// The agent: the API key's configured name, or the token's `sub`.
+    pub agent: String,
+    pub method: AuthMethod,
+    pub org: Option<String>,
+    pub project: Option<String>,
+    pub sandbox: Option<String>,
+    /// Model patterns the caller may use (empty: any configured model).
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    ApiKey,
+    /// A capability token, by its id.
+    Token {
+        jti: String,
+    },
+}
+
+impl Caller {
+    fn api_key(name: &str) -> Caller {
+        Caller {
+            agent: name.to_string(),
+            method: AuthMethod::ApiKey,
+            org: None,
+            project: None,
+            sandbox: None,
+            models: Vec::new(),
+        }
+    }
+
+    /// Whether the caller's scope admits `model`.
+    pub fn may_use_model(&self, model: &str) -> bool {
+        self.models.is_empty()
+            || self
+                .models
+                .iter()
+                .any(|p| crate::providers::glob_match(p, model))
+    }
+}
+
+/// Capability-token verification: the trust bundle and the revocations.
+#[derive(Debug)]
+pub struct TokenAuth {
+    pub verifier: tappass_tokens::Verifier,
+    pub revocations: tappass_tokens::Revocations,
+}
+
+impl TokenAuth {
+    pub fn from_config(cfg: &crate::config::TokenConfig) -> Result<TokenAuth, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let jwks = tappass_keys::Jwks::from_json(&read(&cfg.jwks_file)?)
+            .map_err(|e| format!("{}: {e}", cfg.jwks_file.display()))?;
+        if jwks.is_empty() {
+            return Err(format!("{}: no Ed25519 key", cfg.jwks_file.display()));
+        }
+        let revocations = match &cfg.revocations_file {
+            Some(p) => {
+                serde_json::from_str(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => tappass_tokens::Revocations::default(),
+        };
+        Ok(TokenAuth {
+            verifier: tappass_tokens::Verifier {
+                jwks,
+                audience: cfg.audience.clone(),
+                issuer: cfg.issuer.clone(),
+                max_ttl_seconds: cfg.max_ttl_seconds as i64,
+                leeway_seconds: cfg.leeway_seconds as i64,
+            },
+            revocations,
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Caller, GatewayError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let c = self
+            .verifier
+            .verify(token, now, &self.revocations)
+            .map_err(|e| GatewayError::TokenRejected {
+                code: e.code(),
+                message: e.to_string(),
+            })?;
+        Ok(Caller {
+            agent: c.sub,
+            method: AuthMethod::Token { jti: c.jti },
+            org: c.org,
+            project: c.project,
+            sandbox: c.sandbox,
+            models: c.scope.models,
+        })
+    }
+}
+
+/// Verify the caller: a capability token (when the gateway trusts a token
+/// issuer and the bearer credential is a JWT) or a gateway API key.
+pub fn authenticate(
+    keys: &ApiKeys,
+    tokens: Option<&TokenAuth>,
+    authorization: Option<&[u8]>,
+    x_api_key: Option<&[u8]>,
+) -> Result<Caller, GatewayError> {
+    if let (Some(tokens), Some(auth)) = (tokens, authorization) {
+        if let Some(token) = std::str::from_utf8(auth)
+            .ok()
+            .and_then(|a| a.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .filter(|t| tappass_tokens::looks_like_jwt(t))
+        {
+            return tokens.verify(token);
+        }
+    }
+    keys.verify(authorization, x_api_key)
 }
 
 /// SHA-256 of a key, hex encoded (what the config stores).
@@ -72,9 +189,7 @@ impl ApiKeys {
             }
         }
         match found {
-            Some(name) => Ok(Caller {
-                key_name: name.clone(),
-            }),
+            Some(name) => Ok(Caller::api_key(name)),
             None => Err(GatewayError::Unauthorized("invalid gateway API key".into())),
         }
     }
@@ -99,17 +214,17 @@ mod tests {
     fn bearer_and_x_api_key_are_accepted() {
         let k = keys();
         assert_eq!(
-            k.verify(Some(b"Bearer tp-secret"), None).unwrap().key_name,
+            k.verify(Some(b"Bearer tp-secret"), None).unwrap().agent,
             "team-a"
         );
         assert_eq!(
             k.verify(Some(b"bearer  tp-secret "), None)
                 .unwrap()
-                .key_name,
+                .agent,
             "team-a"
         );
         assert_eq!(
-            k.verify(None, Some(b"tp-secret")).unwrap().key_name,
+            k.verify(None, Some(b"tp-secret")).unwrap().agent,
             "team-a"
         );
     }

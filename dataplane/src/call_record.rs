@@ -27,8 +27,11 @@ pub struct CallRecord {
     pub first_byte: Option<Instant>,
     pub upstream_started: Option<Instant>,
     pub upstream_ended: Option<Instant>,
-    /// The caller's identity (the gateway API key's name).
+    /// The caller's identity (the API key's name or the token's subject).
     pub agent: Option<String>,
+    pub org: Option<String>,
+    pub project: Option<String>,
+    pub sandbox: Option<String>,
     pub steps: Vec<StepDecision>,
     /// Bytes the client had received when a stream ended with an error.
     pub bytes_released_before_block: Option<u64>,
@@ -65,6 +68,9 @@ impl CallRecord {
             upstream_started: None,
             upstream_ended: None,
             agent: None,
+            org: None,
+            project: None,
+            sandbox: None,
             steps: Vec::new(),
             bytes_released_before_block: None,
             prompt: None,
@@ -107,6 +113,9 @@ impl CallRecord {
         let now = Instant::now();
         let mut r = AuditRecord::new(gateway_id, &self.request_id);
         r.agent_id = self.agent.clone();
+        r.org = self.org.clone();
+        r.project = self.project.clone();
+        r.sandbox_id = self.sandbox.clone();
         r.started_at_ms = self.started_wall_ms;
         r.ended_at_ms = wall_ms();
         r.endpoint = self.endpoint.into();

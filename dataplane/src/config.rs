@@ -60,6 +60,9 @@ pub struct Config {
     /// Gateway API keys accepted from clients (stored as SHA-256 hashes).
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Capability tokens accepted besides API keys. Off when absent.
+    #[serde(default)]
+    pub tokens: Option<TokenConfig>,
     /// The audit trail (a signed, hash-chained WAL). Off when absent.
     #[serde(default)]
     pub audit: Option<AuditConfig>,
@@ -331,6 +334,38 @@ pub struct FallbackConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The token issuer's public keys (JWKS).
+    pub jwks_file: PathBuf,
+    /// `aud` a token must carry.
+    #[serde(default = "d_audience")]
+    pub audience: String,
+    /// When set, `iss` must equal it.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Longest accepted token lifetime (`exp - iat`).
+    #[serde(default = "d_max_ttl")]
+    pub max_ttl_seconds: u64,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "d_leeway")]
+    pub leeway_seconds: u64,
+    /// Revoked token ids and sandboxes: `{"jti": [...], "sandboxes": [...]}`.
+    #[serde(default)]
+    pub revocations_file: Option<PathBuf>,
+}
+
+fn d_audience() -> String {
+    "tappass-gateway".into()
+}
+fn d_max_ttl() -> u64 {
+    900
+}
+fn d_leeway() -> u64 {
+    5
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Directory of the WAL, its signing key and the published `jwks.json`.
     pub dir: PathBuf,
@@ -474,6 +509,10 @@ impl Config {
             ));
         }
         check_timeouts(&self.timeouts, "timeouts", &err)?;
+        if let Some(t) = &self.tokens {
+            crate::auth::TokenAuth::from_config(t)
+                .map_err(|problem| err("tokens".into(), problem))?;
+        }
         if let Some(a) = &self.audit {
             if a.checkpoint_every_rows == 0 {
                 return Err(err(

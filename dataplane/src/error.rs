@@ -15,6 +15,10 @@ pub enum GatewayError {
     MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{message}")]
+    TokenRejected { code: &'static str, message: String },
+    #[error("model `{0}` is outside this caller's scope")]
+    ModelNotAllowed(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("content type must be application/json, got {0:?}")]
@@ -57,7 +61,8 @@ impl GatewayError {
         match self {
             GatewayError::NotFound { .. } | GatewayError::UnknownModel(_) => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
-            GatewayError::Unauthorized(_) => 401,
+            GatewayError::Unauthorized(_) | GatewayError::TokenRejected { .. } => 401,
+            GatewayError::ModelNotAllowed(_) => 403,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::UnsupportedMediaType(_) => 415,
             GatewayError::InvalidRequest(_)
@@ -78,6 +83,8 @@ impl GatewayError {
             GatewayError::NotFound { .. } => "not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::Unauthorized(_) => "invalid_api_key",
+            GatewayError::TokenRejected { code, .. } => code,
+            GatewayError::ModelNotAllowed(_) => "model_not_allowed",
             GatewayError::PayloadTooLarge { .. } => "request_too_large",
             GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
             GatewayError::InvalidRequest(_) => "invalid_request",
@@ -128,7 +135,7 @@ impl GatewayError {
                 "error": {
                     "message": message,
                     "type": self.openai_type(),
-                    "param": if matches!(self, GatewayError::MissingModel | GatewayError::UnknownModel(_)) { json!("model") } else { json!(null) },
+                    "param": if matches!(self, GatewayError::MissingModel | GatewayError::UnknownModel(_) | GatewayError::ModelNotAllowed(_)) { json!("model") } else { json!(null) },
                     "code": self.code(),
                 }
             }),

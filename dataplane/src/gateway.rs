@@ -19,7 +19,7 @@ use pingora_http::ResponseHeader;
 use serde_json::json;
 
 use crate::audit_sink::AuditSink;
-use crate::auth::{ApiKeys, Caller};
+use crate::auth::{ApiKeys, AuthMethod, Caller, TokenAuth};
 use crate::call_record::CallRecord;
 use crate::config::{Config, Limits};
 use crate::error::GatewayError;
@@ -34,6 +34,7 @@ use crate::wire::{is_json_content_type, Call, Endpoint, ErrorStyle};
 pub struct GatewayState {
     pub router: Router,
     pub keys: ApiKeys,
+    pub tokens: Option<TokenAuth>,
     pub limits: Limits,
 }
 
@@ -45,6 +46,11 @@ impl GatewayState {
         Ok(GatewayState {
             router: Router::from_config(config, mock_socket)?,
             keys: ApiKeys::from_config(&config.api_keys),
+            tokens: config
+                .tokens
+                .as_ref()
+                .map(TokenAuth::from_config)
+                .transpose()?,
             limits: config.limits.clone(),
         })
     }
@@ -152,7 +158,7 @@ impl Gateway {
                 };
                 return self.respond_error(session, rec, &e, style, false).await;
             }
-            if let Err(e) = authenticate(&state.keys, session) {
+            if let Err(e) = authenticate(&state, session) {
                 return self.respond_error(session, rec, &e, style, false).await;
             }
             let body = models_body(&state.router, style);
@@ -179,27 +185,34 @@ impl Gateway {
             };
             return self.respond_error(session, rec, &e, style, false).await;
         }
-        let caller = match authenticate(&state.keys, session) {
+        let caller = match authenticate(&state, session) {
             Ok(c) => c,
             Err(e) => {
                 rec.step(
                     "verify_identity",
                     "deny",
                     "identity",
-                    "config:api_keys",
-                    json!({"method": "api_key", "error": e.code()}),
+                    "config:api_keys,tokens",
+                    json!({"error": e.code()}),
                 );
                 return self.respond_error(session, rec, &e, style, false).await;
             }
         };
-        rec.step(
-            "verify_identity",
-            "allow",
-            "identity",
-            "config:api_keys",
-            json!({"method": "api_key", "key": caller.key_name}),
-        );
-        rec.agent = Some(caller.key_name.clone());
+        let (method, provenance) = match &caller.method {
+            AuthMethod::ApiKey => (
+                json!({"method": "api_key", "key": caller.agent}),
+                "config:api_keys",
+            ),
+            AuthMethod::Token { jti } => (
+                json!({"method": "capability_token", "sub": caller.agent, "jti": jti, "sandbox": caller.sandbox}),
+                "config:tokens",
+            ),
+        };
+        rec.step("verify_identity", "allow", "identity", provenance, method);
+        rec.agent = Some(caller.agent.clone());
+        rec.org = caller.org.clone();
+        rec.project = caller.project.clone();
+        rec.sandbox = caller.sandbox.clone();
         let content_type = session
             .get_header("content-type")
             .and_then(|v| v.to_str().ok())
@@ -265,6 +278,17 @@ impl Gateway {
         };
         // Only configured models become metric labels.
         rec.model = call.model.clone();
+        if !caller.may_use_model(&call.model) {
+            let e = GatewayError::ModelNotAllowed(call.model.clone());
+            rec.step(
+                "model_allowed",
+                "deny",
+                "identity",
+                "token:scope.models",
+                json!({"model": call.model, "scope": caller.models}),
+            );
+            return self.respond_error(session, rec, &e, style, true).await;
+        }
         if !targets.iter().any(|t| t.provider.speaks(endpoint)) {
             let p = &targets[0].provider;
             let e = GatewayError::FormatNotSupported(format!(
@@ -290,7 +314,7 @@ impl Gateway {
             "config:models",
             json!({"model": call.model, "targets": route}),
         );
-        tracing::debug!(request_id = %rec.request_id, key = %caller.key_name, model = %call.model, "call accepted");
+        tracing::debug!(request_id = %rec.request_id, agent = %caller.agent, model = %call.model, "call accepted");
 
         let added_usage = std::sync::atomic::AtomicBool::new(false);
         let body_for = |t: &crate::providers::Target| {
@@ -634,8 +658,10 @@ impl Drop for StreamGauge<'_> {
     }
 }
 
-fn authenticate(keys: &ApiKeys, session: &ServerSession) -> Result<Caller, GatewayError> {
-    keys.verify(
+fn authenticate(state: &GatewayState, session: &ServerSession) -> Result<Caller, GatewayError> {
+    crate::auth::authenticate(
+        &state.keys,
+        state.tokens.as_ref(),
         session.get_header("authorization").map(|v| v.as_bytes()),
         session.get_header("x-api-key").map(|v| v.as_bytes()),
     )

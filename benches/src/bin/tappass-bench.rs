@@ -96,6 +96,8 @@ struct Target {
     /// The proxy process to measure (none for the direct configuration).
     pid: Option<u32>,
     model: String,
+    /// Extra request headers this configuration needs.
+    headers: Vec<String>,
     _procs: Vec<Proc>,
 }
 
@@ -187,6 +189,7 @@ fn text(n: usize) -> String {
 fn run_oha(
     oha: &Path,
     url: &str,
+    headers: &[String],
     body: &str,
     conns: u32,
     rate: Option<u32>,
@@ -204,6 +207,9 @@ fn run_oha(
         .arg("-D")
         .arg(&body_file)
         .arg(url);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
     if let Some(q) = rate {
         cmd.args(["-q", &q.to_string()]);
     }
@@ -225,20 +231,26 @@ fn run_oha(
 
 /// Streams with `conns` concurrent clients for `secs`: time to first and
 /// last byte (ms, p50 and p99) and streams per second.
-async fn stream_probe(url: String, body: String, conns: usize, secs: u64) -> Value {
+async fn stream_probe(url: String, headers: Vec<String>, body: String, conns: usize, secs: u64) -> Value {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        let (client, url, body, headers) = (client.clone(), url.clone(), body.clone(), headers.clone());
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                let Ok(resp) = client
+                let mut req = client
                     .post(&url)
                     .bearer_auth(KEY)
-                    .header("content-type", "application/json")
+                    .header("content-type", "application/json");
+                for h in &headers {
+                    if let Some((k, v)) = h.split_once(": ") {
+                        req = req.header(k, v);
+                    }
+                }
+                let Ok(resp) = req
                     .body(body.clone())
                     .send()
                     .await
@@ -363,7 +375,7 @@ fn start_peers(dir: &Path, mock: u16, targets: &mut Vec<Target>, notes: &mut Vec
             .status()
             .is_ok_and(|s| s.success())
             && Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "litellm[proxy]"])
+                .args(["install", "-q", "litellm[proxy]==1.100.5"])
                 .status()
                 .is_ok_and(|s| s.success());
         if !ok {
@@ -394,15 +406,16 @@ fn start_peers(dir: &Path, mock: u16, targets: &mut Vec<Target>, notes: &mut Vec
                 base: format!("http://127.0.0.1:{port}/v1"),
                 pid: Some(p.0.id()),
                 model: "mock-gpt".into(),
+                headers: vec![],
                 _procs: vec![p],
             }),
             Err(e) => notes.push(format!("LiteLLM did not start: {e}")),
         }
     }
-    // Portkey gateway through npx.
+    // Portkey gateway through npx, routed to the mock with its own headers.
     let port = free_port();
     match spawn(
-        Command::new("npx").args(["--yes", "@portkey-ai/gateway", "--port", &port.to_string()]),
+        Command::new("npx").args(["--yes", "@portkey-ai/gateway@1.15.2", &format!("--port={port}"), "--headless"]),
         port,
         "portkey",
     ) {
@@ -411,6 +424,10 @@ fn start_peers(dir: &Path, mock: u16, targets: &mut Vec<Target>, notes: &mut Vec
             base: format!("http://127.0.0.1:{port}/v1"),
             pid: Some(p.0.id()),
             model: "mock-gpt".into(),
+            headers: vec![
+                "x-portkey-provider: openai".into(),
+                format!("x-portkey-custom-host: http://127.0.0.1:{mock}/v1"),
+            ],
             _procs: vec![p],
         }),
         Err(e) => notes.push(format!("Portkey could not run: {e}")),
@@ -460,6 +477,7 @@ fn run(args: &Args) -> Result<(), String> {
         base: format!("http://127.0.0.1:{mock_port}/v1"),
         pid: None,
         model: "mock-gpt".into(),
+        headers: vec![],
         _procs: vec![],
     }];
     let pt_port = free_port();
@@ -478,6 +496,7 @@ fn run(args: &Args) -> Result<(), String> {
         base: format!("http://127.0.0.1:{pt_port}/v1"),
         pid: Some(pt.0.id()),
         model: "mock-gpt".into(),
+        headers: vec![],
         _procs: vec![pt],
     });
     for (name, audit) in [
@@ -498,6 +517,7 @@ fn run(args: &Args) -> Result<(), String> {
             base: format!("http://127.0.0.1:{port}/v1"),
             pid: Some(p.0.id()),
             model: "mock-gpt".into(),
+            headers: vec![],
             _procs: vec![p],
         });
     }
@@ -539,7 +559,7 @@ fn run(args: &Args) -> Result<(), String> {
             let cpu0 = t.pid.map(proc_cpu_seconds);
             let mut requests: f64 = 0.0;
             for conns in [8u32, 32] {
-                let r = run_oha(&oha, &url, &w1k, conns, None, args.seconds)?;
+                let r = run_oha(&oha, &url, &t.headers, &w1k, conns, None, args.seconds)?;
                 requests += r["total"].as_f64().unwrap_or(0.0);
                 record(
                     &t.name,
@@ -553,7 +573,7 @@ fn run(args: &Args) -> Result<(), String> {
                 );
             }
             for &rate in &args.rates {
-                let r = run_oha(&oha, &url, &w1k, 32, Some(rate), args.seconds)?;
+                let r = run_oha(&oha, &url, &t.headers, &w1k, 32, Some(rate), args.seconds)?;
                 requests += r["total"].as_f64().unwrap_or(0.0);
                 for p in ["p50_ms", "p90_ms", "p99_ms"] {
                     record(
@@ -563,7 +583,7 @@ fn run(args: &Args) -> Result<(), String> {
                     );
                 }
             }
-            let r = run_oha(&oha, &url, &w16k, 8, None, args.seconds)?;
+            let r = run_oha(&oha, &url, &t.headers, &w16k, 8, None, args.seconds)?;
             requests += r["total"].as_f64().unwrap_or(0.0);
             record(&t.name, "rps_16k_c8", r["rps"].as_f64().unwrap_or(0.0));
             record(
@@ -571,7 +591,7 @@ fn run(args: &Args) -> Result<(), String> {
                 "p99_ms_16k_c8",
                 r["p99_ms"].as_f64().unwrap_or(f64::NAN),
             );
-            let s = rt.block_on(stream_probe(url.clone(), stream.clone(), 8, args.seconds));
+            let s = rt.block_on(stream_probe(url.clone(), t.headers.clone(), stream.clone(), 8, args.seconds));
             for k in [
                 "ttfb_p50_ms",
                 "ttfb_p99_ms",

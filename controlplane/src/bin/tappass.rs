@@ -9,6 +9,13 @@ use clap::Parser;
 use tappass_controlplane::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Like other Unix tools, stop quietly when the reader of stdout goes
+    // away (`tappass … | head`) instead of failing on a broken pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any other
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -24,6 +31,7 @@ fn main() -> ExitCode {
         Command::Packs(args) => tappass_controlplane::cli::packs::run(&args),
         Command::Keys(args) => tappass_controlplane::cli::keys::run(&args),
         Command::Audit(args) => tappass_controlplane::cli::audit::run(&args),
+        Command::Token(args) => tappass_controlplane::cli::token::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 pub mod audit;
 pub mod scan;
+pub mod token;
 
 // Policy engine subcommands.
 pub mod keys;
@@ -37,4 +38,6 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// Verify, read and export a gateway's audit trail.
     Audit(audit::AuditArgs),
+    /// Capability-token keys and minting.
+    Token(token::TokenArgs),
 }

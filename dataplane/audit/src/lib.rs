@@ -32,7 +32,7 @@ pub enum AuditError {
     #[error("audit write failed: {0}")]
     Write(String),
     #[error("audit key: {0}")]
-    Key(String),
+    Key(#[from] tappass_keys::KeyError),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("the audit writer has stopped")]
