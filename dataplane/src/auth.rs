@@ -218,15 +218,10 @@ mod tests {
             "team-a"
         );
         assert_eq!(
-            k.verify(Some(b"bearer  tp-secret "), None)
-                .unwrap()
-                .agent,
+            k.verify(Some(b"bearer  tp-secret "), None).unwrap().agent,
             "team-a"
         );
-        assert_eq!(
-            k.verify(None, Some(b"tp-secret")).unwrap().agent,
-            "team-a"
-        );
+        assert_eq!(k.verify(None, Some(b"tp-secret")).unwrap().agent, "team-a");
     }
 
     #[test]

@@ -73,8 +73,8 @@ pub(crate) struct CompiledRule {
     pub hs_max_len: usize,
     /// Maximum length of the confirmed match.
     pub max_len: usize,
-    /// The confirming pattern may extend past the prefilter's end.
-    pub lookahead: bool,
+    /// How far after a prefilter end the confirmed match may extend.
+    pub ahead: usize,
     pub spec: RuleSpec,
 }
 
@@ -88,6 +88,20 @@ pub(crate) struct Inner {
     pub proto_scratch: Mutex<Scratch>,
     pub key: EvidenceKey,
     pub hold_back: usize,
+    pub hs_exprs: Vec<(String, String, bool)>,
+    /// Rules of each Hyperscan expression id.
+    pub group_rules: Vec<Vec<u32>>,
+    pub groups: Vec<Group>,
+}
+
+/// Rules sharing one Hyperscan expression.
+pub(crate) struct Group {
+    pub rules: Vec<u32>,
+    /// Largest `hs_max_len` / `ahead` of its rules.
+    pub back: usize,
+    pub ahead: usize,
+    /// Multi-pattern regex over the group's rules (groups of two or more).
+    pub set: Option<Regex>,
 }
 
 /// A compiled rule set. Cheap to clone (shared, `Send + Sync`); build it once
@@ -147,6 +161,26 @@ fn hir_max_len(id: &str, pattern: &str, caseless: bool) -> Result<(usize, usize)
     Ok((props.minimum_len().unwrap_or(0), max))
 }
 
+/// Required literals of `pattern` selective enough to be its Hyperscan
+/// prefilter (each at least three bytes).
+fn required_literals(
+    id: &str,
+    pattern: &str,
+    caseless: bool,
+) -> Result<Option<crate::literals::RequiredLiterals>, BuildError> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .case_insensitive(caseless)
+        .build()
+        .parse(pattern)
+        .map_err(|e| BuildError::Regex {
+            id: id.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(crate::literals::required(&hir).filter(|l| l.min_len() >= 3))
+}
+
 /// Replace `{domains}` with an escaped alternation of the list.
 fn expand_domains(spec: &RuleSpec, pattern: &str) -> Result<String, BuildError> {
     match &spec.domains {
@@ -202,6 +236,7 @@ impl RuleSet {
         let mut seen = std::collections::HashSet::new();
         let mut compiled = Vec::with_capacity(specs.len());
         let mut hs_patterns = Vec::with_capacity(specs.len());
+        let mut full_patterns: Vec<String> = Vec::with_capacity(specs.len());
         for spec in specs {
             if !seen.insert(spec.id.clone()) {
                 return Err(BuildError::DuplicateId(spec.id));
@@ -221,29 +256,21 @@ impl RuleSet {
                 });
             }
             let pattern = expand_domains(&spec, &spec.pattern)?;
-            let prefilter = match &spec.prefilter {
+            let full_hs = match &spec.prefilter {
                 Some(p) => expand_domains(&spec, p)?,
                 None => hs_pattern(&pattern),
             };
-            let (min_hs, hs_max_len) = hir_max_len(&spec.id, &prefilter, spec.caseless)?;
+            let (min_hs, full_max) = hir_max_len(&spec.id, &full_hs, spec.caseless)?;
             if min_hs == 0 {
                 return Err(BuildError::InvalidRule {
                     id: spec.id.clone(),
                     reason: "pattern can match the empty string".into(),
                 });
             }
-            if hs_max_len > MAX_MATCH_LEN {
+            if full_max > MAX_MATCH_LEN {
                 return Err(BuildError::TooLong {
                     id: spec.id.clone(),
-                    max: hs_max_len,
-                    limit: MAX_MATCH_LEN,
-                });
-            }
-            let hs_max_len = hs_max_len.max(spec.lookbehind.unwrap_or(0));
-            if hs_max_len > MAX_MATCH_LEN {
-                return Err(BuildError::TooLong {
-                    id: spec.id.clone(),
-                    max: hs_max_len,
+                    max: full_max,
                     limit: MAX_MATCH_LEN,
                 });
             }
@@ -255,6 +282,36 @@ impl RuleSet {
                     limit: MAX_EXTENDED_LEN,
                 });
             }
+            // Hyperscan prefilter: the rule's required literals when it has
+            // selective ones, else its prefilter / pattern as written.
+            let lits = if spec.prefilter.is_none() && spec.decode.is_none() {
+                required_literals(&spec.id, &pattern, spec.caseless)?
+            } else {
+                None
+            };
+            let (prefilter, hs_caseless, back, ahead) = match lits {
+                Some(l) => {
+                    let back = l.before + l.max_len();
+                    (l.hs_pattern(), l.caseless || spec.caseless, back, l.after)
+                }
+                None => {
+                    let back = full_max.max(spec.lookbehind.unwrap_or(0));
+                    let ahead = if spec.prefilter.is_some() {
+                        spec.lookahead.unwrap_or(max_len)
+                    } else {
+                        0
+                    };
+                    (full_hs.clone(), spec.caseless, back, ahead)
+                }
+            };
+            if back > MAX_MATCH_LEN {
+                return Err(BuildError::TooLong {
+                    id: spec.id.clone(),
+                    max: back,
+                    limit: MAX_MATCH_LEN,
+                });
+            }
+            let hs_max_len = back;
             let regex = Regex::builder()
                 .syntax(regex_syntax_config(spec.caseless))
                 .configure(Regex::config().utf8_empty(false))
@@ -267,7 +324,8 @@ impl RuleSet {
                 .group_info()
                 .to_index(regex_automata::PatternID::ZERO, "v")
                 .is_some();
-            hs_patterns.push((prefilter, spec.caseless));
+            hs_patterns.push((prefilter, hs_caseless));
+            full_patterns.push(full_hs);
             compiled.push(CompiledRule {
                 id: Arc::from(spec.id.as_str()),
                 label: Arc::from(spec.label.as_str()),
@@ -283,48 +341,115 @@ impl RuleSet {
                 value_group,
                 hs_max_len,
                 max_len: max_len.max(hs_max_len),
-                lookahead: spec.prefilter.is_some(),
+                ahead,
                 spec,
             });
         }
-        let exprs: Vec<hs::Expr<'_>> = hs_patterns
+        // Rules with the same prefilter share one Hyperscan expression (a
+        // shared trigger such as a run of digits); a report fans out to all.
+        let mut groups: Vec<(&str, bool, Vec<u32>)> = Vec::new();
+        for (i, (p, c)) in hs_patterns.iter().enumerate() {
+            match groups.iter_mut().find(|g| g.0 == p && g.1 == *c) {
+                Some(g) => g.2.push(i as u32),
+                None => groups.push((p, *c, vec![i as u32])),
+            }
+        }
+        let exprs: Vec<hs::Expr<'_>> = groups
             .iter()
             .enumerate()
-            .map(|(i, (p, c))| hs::Expr {
+            .map(|(i, (p, c, _))| hs::Expr {
                 pattern: p,
                 id: i as u32,
                 caseless: *c,
             })
             .collect();
+        let group_rules: Vec<Vec<u32>> = groups.iter().map(|g| g.2.clone()).collect();
+        let mut group_info = Vec::with_capacity(groups.len());
+        for g in &groups {
+            let rs: Vec<&CompiledRule> = g.2.iter().map(|&i| &compiled[i as usize]).collect();
+            let set = if rs.len() > 1 {
+                let pats: Vec<String> = rs
+                    .iter()
+                    .map(|r| {
+                        let p = expand_domains(&r.spec, &r.spec.pattern)?;
+                        Ok(if r.spec.caseless {
+                            format!("(?i:{p})")
+                        } else {
+                            p
+                        })
+                    })
+                    .collect::<Result<_, BuildError>>()?;
+                Some(
+                    Regex::builder()
+                        .syntax(regex_syntax_config(false))
+                        .configure(
+                            Regex::config()
+                                .utf8_empty(false)
+                                .match_kind(regex_automata::MatchKind::All),
+                        )
+                        .build_many(&pats)
+                        .map_err(|e| BuildError::Regex {
+                            id: rs[0].id.to_string(),
+                            message: e.to_string(),
+                        })?,
+                )
+            } else {
+                None
+            };
+            group_info.push(Group {
+                rules: g.2.clone(),
+                back: rs.iter().map(|r| r.hs_max_len).max().unwrap_or(0),
+                ahead: rs.iter().map(|r| r.ahead).max().unwrap_or(0),
+                set,
+            });
+        }
         let map_err = |e: hs::HsError| BuildError::Hyperscan {
             id: e
                 .expression
-                .and_then(|i| compiled.get(i))
+                .and_then(|i| group_rules.get(i))
+                .and_then(|g| compiled.get(g[0] as usize))
                 .map(|r| r.id.to_string())
                 .unwrap_or_else(|| "<database>".into()),
             message: e.message,
         };
         let block_db = Database::compile(&exprs, hs::Mode::Block).map_err(map_err)?;
         let stream_db = Database::compile(&exprs, hs::Mode::Stream).map_err(map_err)?;
-        let inj: Vec<(hs::Expr<'_>, u32)> = exprs
+        let inj: Vec<(hs::Expr<'_>, u32)> = compiled
             .iter()
-            .filter(|e| compiled[e.id as usize].category == Category::Injection)
-            .map(|e| {
+            .enumerate()
+            .filter(|(_, r)| r.category == Category::Injection)
+            .map(|(i, _)| {
                 (
                     hs::Expr {
-                        pattern: e.pattern,
-                        id: e.id,
+                        pattern: &full_patterns[i],
+                        id: i as u32,
                         caseless: true,
                     },
-                    e.id,
+                    i as u32,
                 )
             })
             .collect();
+        let map_err = |e: hs::HsError| BuildError::Hyperscan {
+            id: e
+                .expression
+                .and_then(|i| inj.get(i))
+                .and_then(|x| compiled.get(x.1 as usize))
+                .map(|r| r.id.to_string())
+                .unwrap_or_else(|| "<database>".into()),
+            message: e.message,
+        };
         let injection_db = if inj.is_empty() {
             None
         } else {
-            let ids = inj.iter().map(|(_, i)| *i).collect();
-            let ex: Vec<hs::Expr<'_>> = inj.into_iter().map(|(e, _)| e).collect();
+            let ids: Vec<u32> = inj.iter().map(|(_, i)| *i).collect();
+            let ex: Vec<hs::Expr<'_>> = inj
+                .iter()
+                .map(|(e, _)| hs::Expr {
+                    pattern: e.pattern,
+                    id: e.id,
+                    caseless: e.caseless,
+                })
+                .collect();
             Some((
                 Database::compile(&ex, hs::Mode::Block).map_err(map_err)?,
                 ids,
@@ -341,6 +466,14 @@ impl RuleSet {
         }
         let hold_back = compiled.iter().map(|r| r.hs_max_len).max().unwrap_or(0);
         drop(exprs);
+        let hs_exprs = groups
+            .iter()
+            .map(|(p, c, ids)| {
+                let names: Vec<&str> = ids.iter().map(|&i| &*compiled[i as usize].id).collect();
+                (names.join("+"), p.to_string(), *c)
+            })
+            .collect();
+        drop(groups);
         Ok(RuleSet {
             inner: Arc::new(Inner {
                 uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
@@ -351,6 +484,9 @@ impl RuleSet {
                 proto_scratch: Mutex::new(scratch),
                 key,
                 hold_back,
+                hs_exprs,
+                group_rules,
+                groups: group_info,
             }),
         })
     }
@@ -362,6 +498,13 @@ impl RuleSet {
 
     pub fn is_empty(&self) -> bool {
         self.inner.rules.is_empty()
+    }
+
+    /// The Hyperscan expressions of this set as compiled (rule id, pattern,
+    /// caseless), for profiling.
+    #[doc(hidden)]
+    pub fn hs_expressions(&self) -> Vec<(String, String, bool)> {
+        self.inner.hs_exprs.clone()
     }
 
     /// Rule specs in this set.
@@ -478,18 +621,39 @@ impl RuleSet {
             return Ok(out);
         }
         hits.sort_unstable();
+        let mut which = None;
         let mut i = 0;
         while i < hits.len() {
-            let (rule, first) = hits[i];
-            let gap = self.inner.rules[rule as usize].hs_max_len;
+            let (g, first) = hits[i];
+            let group = &self.inner.groups[g as usize];
             let mut last = first;
             let mut j = i + 1;
-            while j < hits.len() && hits[j].0 == rule && hits[j].1 <= last + gap {
+            while j < hits.len() && hits[j].0 == g && hits[j].1 <= last + group.back {
                 last = hits[j].1;
                 j += 1;
             }
-            self.confirm(rule, first, last, hay, 0, true, depth, &mut out);
             i = j;
+            match &group.set {
+                None => {
+                    for &rule in &group.rules {
+                        self.confirm(rule, first, last, hay, 0, true, depth, &mut out);
+                    }
+                }
+                Some(set) => {
+                    // one pass of the group's multi-pattern regex tells which
+                    // of its rules can match near this trigger
+                    let lo = floor_char(hay, first.saturating_sub(group.back));
+                    let hi = (last + group.ahead).min(hay.len());
+                    let pats = which
+                        .get_or_insert_with(|| regex_automata::PatternSet::new(set.pattern_len()));
+                    pats.clear();
+                    set.which_overlapping_matches(&Input::new(hay).span(lo..hi), pats);
+                    for k in pats.iter() {
+                        let rule = group.rules[k.as_usize()];
+                        self.confirm(rule, first, last, hay, 0, true, depth, &mut out);
+                    }
+                }
+            }
         }
         Ok(merge(&self.inner.rules, out))
     }
@@ -515,11 +679,7 @@ impl RuleSet {
         }
         let avail = base + hay.len();
         let lo_abs = first.saturating_sub(rule.hs_max_len).max(base);
-        let hi_abs = if rule.lookahead {
-            (last + rule.max_len).min(avail)
-        } else {
-            last.min(avail)
-        };
+        let hi_abs = (last + rule.ahead).min(avail);
         if lo_abs >= hi_abs {
             return Confirm::Done;
         }
@@ -535,7 +695,7 @@ impl RuleSet {
             }
             matches.push(m.range());
         }
-        if matches.is_empty() && rule.lookahead && !finished && last + rule.max_len > avail {
+        if matches.is_empty() && rule.ahead > 0 && !finished && last + rule.ahead > avail {
             return Confirm::Pending;
         }
         for m in matches {

@@ -9,11 +9,16 @@
 //! 1. Normalize ([`normalize::normalize_for_scan`]): zero-width and tag
 //!    characters removed, homoglyphs and compatibility forms folded, with an
 //!    offset map back to the original text (pure ASCII passes untouched).
-//! 2. One Hyperscan scan over all rules reports match *end* offsets.
-//! 3. Per rule, nearby ends are clustered and confirmed by an anchored
-//!    second pass with the `regex` engine in a window of at most the rule's
-//!    maximum match length, then validators (Luhn, mod-97, check digits,
-//!    entropy …) run on the value.
+//! 2. One Hyperscan scan reports the end offsets of each rule's prefilter:
+//!    the rule's required literals where it has selective ones (extracted
+//!    from the pattern, see [`literals`]), else a short trigger written in
+//!    the rule (`prefilter`), which several rules may share (e.g. a run of
+//!    digits for cards, phones, IBANs and national IDs).
+//! 3. Nearby ends are clustered; for a shared trigger one multi-pattern
+//!    regex pass selects the rules that can match; each is confirmed by the
+//!    `regex` engine in the window the literal's position allows
+//!    (`lookbehind`/`lookahead`), then validators (Luhn, mod-97, check
+//!    digits, entropy …) run on the value.
 //! 4. Blobs matched by decoding rules (base64, hex, URL-encoding) are decoded
 //!    and scanned again (one level), findings cover the blob.
 //! 5. Repeated and contained matches are merged.
@@ -35,6 +40,7 @@ pub mod engine;
 pub mod evidence;
 pub mod hs;
 pub mod injection;
+pub mod literals;
 pub mod normalize;
 pub mod redact;
 pub mod rules;

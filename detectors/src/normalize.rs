@@ -187,13 +187,25 @@ pub fn normalize_append(
     }
     let start_len = out.len();
     let mut buf = [0u8; 4];
-    for (i, c) in chunk.char_indices() {
-        let orig_after = orig_base + i + c.len_utf8();
-        if c.is_ascii() {
-            out.push(c as u8);
-            continue;
+    let bytes = chunk.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        // copy the ASCII run up to the next non-ASCII character in one go
+        let run = bytes[i..]
+            .iter()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(bytes.len() - i);
+        out.extend_from_slice(&bytes[i..i + run]);
+        i += run;
+        if i >= bytes.len() {
+            break;
         }
-        if is_invisible(c) {
+        let c = chunk[i..].chars().next().unwrap_or('\u{FFFD}');
+        let orig_after = orig_base + i + c.len_utf8();
+        i += c.len_utf8();
+        if plain_latin(c) {
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        } else if is_invisible(c) {
             // nothing emitted
         } else if let Some(f) = fold_homoglyph(c) {
             out.push(f as u8);
@@ -204,6 +216,25 @@ pub fn normalize_append(
         }
         map.push(norm_base + (out.len() - start_len), orig_after);
     }
+}
+
+/// Accented Latin letters (Latin-1 Supplement and Latin Extended-A/B
+/// letters) that NFKC leaves unchanged and that are no homoglyph of an ASCII
+/// character: copied as they are without further checks.
+fn plain_latin(c: char) -> bool {
+    matches!(c, '\u{00C0}'..='\u{024F}')
+        && c != '\u{00D7}'
+        && c != '\u{00F7}'
+        && !matches!(
+            c,
+            '\u{0131}'..='\u{0134}'
+                | '\u{013F}'..='\u{0140}'
+                | '\u{0149}'
+                | '\u{017F}'
+                | '\u{01C4}'..='\u{01CC}'
+                | '\u{01F1}'..='\u{01F3}'
+                | '\u{0237}'
+        )
 }
 
 /// NFKC of a single character if it becomes short ASCII (fullwidth forms,

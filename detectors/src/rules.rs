@@ -154,6 +154,11 @@ pub struct RuleSpec {
     /// length). Counts towards the streaming hold-back.
     #[serde(default)]
     pub lookbehind: Option<usize>,
+    /// For rules with a `prefilter`: how many bytes after the prefilter's
+    /// end the confirmed match may extend (default: the pattern's maximum
+    /// length).
+    #[serde(default)]
+    pub lookahead: Option<usize>,
     /// Injection family / exfiltration class / PII type.
     #[serde(default)]
     pub family: Option<String>,

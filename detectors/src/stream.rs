@@ -97,9 +97,12 @@ impl StreamScanner {
         self.orig_total += chunk.len();
         let hits = &mut self.hits;
         hits.clear();
+        let groups = &self.rs.inner.group_rules;
         if let Some(hs) = self.hs.as_mut() {
             hs.scan(&self.buf[buf_start..], &mut self.scratch, &mut |id, to| {
-                hits.push((id, to as usize))
+                for &r in &groups[id as usize] {
+                    hits.push((r, to as usize));
+                }
             })
             .map_err(|e| ScanError(e.message))?;
         }
@@ -118,9 +121,12 @@ impl StreamScanner {
         }
         let hits = &mut self.hits;
         hits.clear();
+        let groups = &self.rs.inner.group_rules;
         if let Some(hs) = self.hs.take() {
             hs.close(&mut self.scratch, &mut |id, to| {
-                hits.push((id, to as usize))
+                for &r in &groups[id as usize] {
+                    hits.push((r, to as usize));
+                }
             })
             .map_err(|e| ScanError(e.message))?;
         }

@@ -40,6 +40,12 @@ fn main() -> Result<()> {
         secrets_quality(&rs, &shared)?;
         injection_quality(&rs, &corpora, &here)?;
     }
+    if what == "fired" {
+        fired(&rs, &shared, &here)?;
+    }
+    if what == "profile" {
+        profile(&rs, &shared, &here)?;
+    }
     if what == "speed" || what == "all" {
         speed(&rs, &shared, &here)?;
     }
@@ -79,6 +85,7 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
     let rows = read_jsonl(&shared.join("secrets/gitleaks-samples.jsonl"))?;
     let (mut p, mut tp, mut n, mut fp, mut skipped) = (0, 0, 0, 0, 0);
     let mut missed = Vec::new();
+    let mut fp_rules: std::collections::BTreeMap<String, usize> = Default::default();
     for r in &rows {
         let text = r["text"].as_str().unwrap_or("");
         if r["expect"] == "secret" {
@@ -96,6 +103,11 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
             n += 1;
             if is_secret(text)? {
                 fp += 1;
+                for f in rs.scan(text)? {
+                    if f.category == Category::Secret {
+                        *fp_rules.entry(f.rule_id.to_string()).or_insert(0usize) += 1;
+                    }
+                }
             }
         }
     }
@@ -164,6 +176,12 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
             println!("- `{}`", m.replace('`', "'").replace('\n', " "));
         }
         println!();
+    }
+    if !fp_rules.is_empty() {
+        let mut v: Vec<_> = fp_rules.into_iter().collect();
+        v.sort_by_key(|b| std::cmp::Reverse(b.1));
+        let list: Vec<String> = v.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+        println!("Rules firing on gitleaks negatives: {}\n", list.join(", "));
     }
     if !missed_rules.is_empty() {
         println!(
@@ -295,97 +313,256 @@ fn injection_quality(rs: &RuleSet, corpora: &Path, here: &Path) -> Result<()> {
     Ok(())
 }
 
-fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
-    // Mixed text: benign prompts, secret samples, PII sentences, repeated to 8 MiB.
-    let mut parts: Vec<String> = std::fs::read_to_string(here.join("data/benign_prompts.txt"))?
+/// Mixed text for speed runs. `dense`: the benign prompts and every
+/// gitleaks sample in turn (a secret or near-secret on most lines).
+/// Otherwise a realistic mix: per ten benign prompts, one PII sentence and
+/// one gitleaks sample.
+fn mixed_text(shared: &Path, here: &Path, size: usize, dense: bool) -> Result<String> {
+    let benign: Vec<String> = std::fs::read_to_string(here.join("data/benign_prompts.txt"))?
         .lines()
+        .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect();
-    for r in read_jsonl(&shared.join("secrets/gitleaks-samples.jsonl"))? {
-        parts.push(r["text"].as_str().unwrap_or("").to_string());
+    let samples: Vec<String> = read_jsonl(&shared.join("secrets/gitleaks-samples.jsonl"))?
+        .iter()
+        .map(|r| r["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    let pii = [
+        "Contact jane.doe@example.com, +44 20 7946 0958, card 4111 1111 1111 1111.",
+        "Bitte überweisen Sie an DE89 3704 0044 0532 0130 00, Steuer-ID 86095742719.",
+        "Mon numéro de sécurité sociale est 2 69 05 49 588 157 80, tél. 01 23 45 67 89.",
+        "SSN 536-22-1234, born 1984-03-12, lives at 42 Elm Street, server 192.168.10.20.",
+        "Il codice fiscale è RSSMRA85T10A562S e il mio cellulare +39 347 123 4567.",
+        "Mijn BSN is 111222333 en mijn IBAN NL91 ABNA 0417 1643 00.",
+        "DNI 12345678Z, teléfono 612 345 678, correo maria.garcia@correo.es.",
+    ];
+    let mut parts: Vec<&str> = Vec::new();
+    if dense {
+        parts.extend(benign.iter().map(String::as_str));
+        parts.extend(samples.iter().map(String::as_str));
+        parts.extend(pii);
+    } else {
+        for (i, b) in benign.iter().enumerate() {
+            parts.push(b);
+            if i % 10 == 9 {
+                parts.push(pii[(i / 10) % pii.len()]);
+                parts.push(&samples[(i / 10 * 7) % samples.len()]);
+            }
+        }
     }
-    parts.push("Contact jane.doe@example.com, +44 20 7946 0958, card 4111 1111 1111 1111.".into());
     let mut text = String::new();
     let mut i = 0;
-    while text.len() < 8 << 20 {
-        text.push_str(&parts[i % parts.len()]);
+    while text.len() < size {
+        text.push_str(parts[i % parts.len()]);
         text.push('\n');
         i += 1;
     }
-    let blocks: Vec<&str> = {
-        let mut v = Vec::new();
-        let mut s = 0;
-        while s < text.len() {
-            let mut e = (s + 65536).min(text.len());
-            while !text.is_char_boundary(e) {
-                e -= 1;
-            }
-            v.push(&text[s..e]);
-            s = e;
-        }
-        v
-    };
-    let mb = text.len() as f64 / 1e6;
-    let reps = 3;
-    let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        let mut b = f64::MAX;
-        for _ in 0..reps {
-            let t = Instant::now();
-            f()?;
-            b = b.min(t.elapsed().as_secs_f64());
-        }
-        Ok(b)
-    };
-    let raw = best(&mut || {
-        for b in &blocks {
-            rs.raw_hyperscan_count(b.as_bytes())?;
-        }
-        Ok(())
-    })?;
-    let mut nfind = 0;
-    let full = best(&mut || {
-        nfind = 0;
-        for b in &blocks {
-            nfind += rs.scan(b)?.len();
-        }
-        Ok(())
-    })?;
-    let stream64 = best(&mut || {
-        for b in &blocks {
-            let mut s = rs.stream_scanner()?;
-            let mut p = 0;
-            while p < b.len() {
-                let mut e = (p + 64).min(b.len());
-                while !b.is_char_boundary(e) {
+    Ok(text)
+}
+
+fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
+    let reps = 5;
+    println!("## Speed (one core, 8 MiB of text in 64 KiB blocks, best of {reps})\n");
+    println!("| text | mode | MB/s | ratio to raw |\n|---|---|---:|---:|");
+    let mut notes = Vec::new();
+    for (name, dense) in [("realistic mix", false), ("dense mix", true)] {
+        let text = mixed_text(shared, here, 8 << 20, dense)?;
+        let blocks: Vec<&str> = {
+            let mut v = Vec::new();
+            let mut s = 0;
+            while s < text.len() {
+                let mut e = (s + 65536).min(text.len());
+                while !text.is_char_boundary(e) {
                     e -= 1;
                 }
-                s.feed(&b[p..e])?;
-                p = e;
+                v.push(&text[s..e]);
+                s = e;
             }
-            s.finish()?;
+            v
+        };
+        let mb = text.len() as f64 / 1e6;
+        let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+            let mut b = f64::MAX;
+            for _ in 0..reps {
+                let t = Instant::now();
+                f()?;
+                b = b.min(t.elapsed().as_secs_f64());
+            }
+            Ok(b)
+        };
+        let mut nraw = 0;
+        let raw = best(&mut || {
+            nraw = 0;
+            for b in &blocks {
+                nraw += rs.raw_hyperscan_count(b.as_bytes())?;
+            }
+            Ok(())
+        })?;
+        let mut nfind = 0;
+        let full = best(&mut || {
+            nfind = 0;
+            for b in &blocks {
+                nfind += rs.scan(b)?.len();
+            }
+            Ok(())
+        })?;
+        let stream64 = best(&mut || {
+            for b in &blocks {
+                let mut s = rs.stream_scanner()?;
+                let mut p = 0;
+                while p < b.len() {
+                    let mut e = (p + 64).min(b.len());
+                    while !b.is_char_boundary(e) {
+                        e -= 1;
+                    }
+                    s.feed(&b[p..e])?;
+                    p = e;
+                }
+                s.finish()?;
+            }
+            Ok(())
+        })?;
+        let chunks = text.len() as f64 / 64.0;
+        println!(
+            "| {name} | raw Hyperscan scan of the same database, no confirmation ({nraw} reports) | {:.0} | 1.00 |",
+            mb / raw
+        );
+        println!(
+            "| {name} | full rule set: scan + confirm + validate + merge ({nfind} findings) | {:.0} | {:.2} |",
+            mb / full,
+            raw / full
+        );
+        println!(
+            "| {name} | streaming, 64-byte chunks | {:.0} | {:.2} |",
+            mb / stream64,
+            raw / stream64
+        );
+        notes.push(format!(
+            "{name}: streaming overhead {:.0} ns per 64-byte chunk over the block scan; {:.1} findings per KiB.",
+            (stream64 - full) * 1e9 / chunks,
+            nfind as f64 / (text.len() as f64 / 1024.0)
+        ));
+    }
+    println!();
+    for n in notes {
+        println!("{n}\n");
+    }
+    Ok(())
+}
+
+/// Diagnostic: raw Hyperscan throughput of the database without each
+/// class-based (non-literal) prefilter, to find what makes the scan slow.
+fn profile(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
+    use tappass_detectors::hs::{Database, Expr, Mode};
+    let text = mixed_text(shared, here, 4 << 20, std::env::var("DENSE").is_ok())?;
+    let exprs = rs.hs_expressions();
+    let time_db = |keep: &dyn Fn(&str) -> bool| -> Result<(usize, f64)> {
+        let ex: Vec<Expr<'_>> = exprs
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| keep(&e.0))
+            .map(|(i, e)| Expr {
+                pattern: &e.1,
+                id: i as u32,
+                caseless: e.2,
+            })
+            .collect();
+        let db = Database::compile(&ex, Mode::Block).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut scratch = db.alloc_scratch().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for b in text.as_bytes().chunks(65536) {
+                db.scan(b, &mut scratch, &mut |_, _| {})
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            best = best.min(t.elapsed().as_secs_f64());
         }
-        Ok(())
-    })?;
-    let chunks = text.len() as f64 / 64.0;
-    println!("## Speed (one core, {mb:.1} MB mixed text in 64 KiB blocks, best of {reps})\n");
-    println!("| mode | MB/s | ratio to raw |\n|---|---:|---:|");
-    println!(
-        "| raw Hyperscan scan of the same database (no confirmation) | {:.0} | 1.00 |",
-        mb / raw
-    );
-    println!(
-        "| full rule set: scan + confirm + validate + merge ({nfind} findings) | {:.0} | {:.2} |",
-        mb / full,
-        raw / full
-    );
-    println!(
-        "| streaming, 64-byte chunks | {:.0} | {:.2} |",
-        mb / stream64,
-        raw / stream64
-    );
-    println!(
-        "\nStreaming overhead: {:.0} ns per 64-byte chunk over the block scan.\n",
-        (stream64 - full) * 1e9 / chunks
-    );
+        Ok((ex.len(), text.len() as f64 / 1e6 / best))
+    };
+    let is_class = |p: &str| p.contains('[') || p.contains("\\b") || p.contains("\\s");
+    let class: Vec<&(String, String, bool)> = exprs.iter().filter(|e| is_class(&e.1)).collect();
+    let (n, mbs) = time_db(&|_| true)?;
+    println!("all: {n} expressions {mbs:.0} MB/s");
+    {
+        let ex: Vec<Expr<'_>> = exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Expr {
+                pattern: &e.1,
+                id: i as u32,
+                caseless: e.2,
+            })
+            .collect();
+        let db = Database::compile(&ex, Mode::Block).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut scratch = db.alloc_scratch().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut counts = vec![0usize; ex.len()];
+        db.scan(text.as_bytes(), &mut scratch, &mut |id, _| {
+            counts[id as usize] += 1
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut v: Vec<(usize, usize)> = counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (c, i))
+            .collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        for (c, i) in v.iter().take(25) {
+            println!("{c:8} reports  {}  {:.100}", exprs[*i].0, exprs[*i].1);
+        }
+    }
+    if std::env::var("COUNTS_ONLY").is_ok() {
+        return Ok(());
+    }
+    let minlen = |p: &str| -> usize {
+        p.trim_start_matches("(?:")
+            .trim_end_matches(')')
+            .split('|')
+            .map(|l| {
+                l.replace("\\x", "").len() - l.matches("\\x").count() * 2 + l.matches("\\x").count()
+            })
+            .min()
+            .unwrap_or(0)
+    };
+    for k in [3usize, 4, 5, 6] {
+        let (n, mbs) = time_db(&|id| {
+            let e = exprs.iter().find(|e| e.0 == id).unwrap();
+            !is_class(&e.1) && minlen(&e.1) >= k
+        })?;
+        println!(
+            "literal expressions with min literal length >= {k}: {n} expressions {mbs:.0} MB/s"
+        );
+    }
+    for cl in [false, true] {
+        let (n, mbs) = time_db(&|id| {
+            let e = exprs.iter().find(|e| e.0 == id).unwrap();
+            !is_class(&e.1) && e.2 == cl
+        })?;
+        println!("literal expressions caseless={cl}: {n} expressions {mbs:.0} MB/s");
+    }
+    let (n, mbs) = time_db(&|id| !class.iter().any(|e| e.0 == id))?;
+    println!("literal prefilters only: {n} expressions {mbs:.0} MB/s");
+    for e in &class {
+        let (n, mbs) = time_db(&|id| id != e.0)?;
+        println!(
+            "all but {}: {n} expressions {mbs:.0} MB/s   {:.80}",
+            e.0, e.1
+        );
+    }
+    Ok(())
+}
+
+/// Diagnostic: which rules fire on the mixed text.
+fn fired(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
+    let text = mixed_text(shared, here, 1 << 20, std::env::var("DENSE").is_ok())?;
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for f in rs.scan(&text)? {
+        *by.entry(f.rule_id.to_string()).or_default() += 1;
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by_key(|b| std::cmp::Reverse(b.1));
+    for (k, n) in v.iter().take(25) {
+        println!("{n:6} {k}");
+    }
     Ok(())
 }

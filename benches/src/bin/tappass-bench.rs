@@ -231,12 +231,19 @@ fn run_oha(
 
 /// Streams with `conns` concurrent clients for `secs`: time to first and
 /// last byte (ms, p50 and p99) and streams per second.
-async fn stream_probe(url: String, headers: Vec<String>, body: String, conns: usize, secs: u64) -> Value {
+async fn stream_probe(
+    url: String,
+    headers: Vec<String>,
+    body: String,
+    conns: usize,
+    secs: u64,
+) -> Value {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (client, url, body, headers) = (client.clone(), url.clone(), body.clone(), headers.clone());
+        let (client, url, body, headers) =
+            (client.clone(), url.clone(), body.clone(), headers.clone());
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             while Instant::now() < deadline {
@@ -250,11 +257,7 @@ async fn stream_probe(url: String, headers: Vec<String>, body: String, conns: us
                         req = req.header(k, v);
                     }
                 }
-                let Ok(resp) = req
-                    .body(body.clone())
-                    .send()
-                    .await
-                else {
+                let Ok(resp) = req.body(body.clone()).send().await else {
                     continue;
                 };
                 let mut stream = resp.bytes_stream();
@@ -415,7 +418,12 @@ fn start_peers(dir: &Path, mock: u16, targets: &mut Vec<Target>, notes: &mut Vec
     // Portkey gateway through npx, routed to the mock with its own headers.
     let port = free_port();
     match spawn(
-        Command::new("npx").args(["--yes", "@portkey-ai/gateway@1.15.2", &format!("--port={port}"), "--headless"]),
+        Command::new("npx").args([
+            "--yes",
+            "@portkey-ai/gateway@1.15.2",
+            &format!("--port={port}"),
+            "--headless",
+        ]),
         port,
         "portkey",
     ) {
@@ -591,7 +599,13 @@ fn run(args: &Args) -> Result<(), String> {
                 "p99_ms_16k_c8",
                 r["p99_ms"].as_f64().unwrap_or(f64::NAN),
             );
-            let s = rt.block_on(stream_probe(url.clone(), t.headers.clone(), stream.clone(), 8, args.seconds));
+            let s = rt.block_on(stream_probe(
+                url.clone(),
+                t.headers.clone(),
+                stream.clone(),
+                8,
+                args.seconds,
+            ));
             for k in [
                 "ttfb_p50_ms",
                 "ttfb_p99_ms",

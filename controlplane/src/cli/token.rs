@@ -24,7 +24,7 @@ pub enum TokenCommand {
         out: PathBuf,
     },
     /// Mint a capability token for an agent.
-    Mint(MintArgs),
+    Mint(Box<MintArgs>),
 }
 
 #[derive(Debug, Args)]
