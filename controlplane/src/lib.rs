@@ -1,4 +1,3 @@
-//! TapPass control plane. For now: the operator CLI's command
-//! implementations (`scan`, `policy`, `provider`, `packs`, `keys`, `audit`).
-
-pub mod cli;
+//! TapPass control plane: the xDS server, admin API, state store, keys and
+//! token minting will live here. The operator CLI `tappass` is the binary in
+//! `src/bin/tappass/`.

@@ -1,12 +1,14 @@
 //! `tappass`: the TapPass operator CLI.
 //!
-//! Subcommands live in `tappass_controlplane::cli`.
+//! One module per subcommand in `cli/`.
 //! Exit codes: 0 nothing found / success, 1 findings, 2 usage or I/O error.
+
+mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use tappass_controlplane::cli::{Cli, Command};
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // Like other Unix tools, stop quietly when the reader of stdout goes
@@ -25,13 +27,13 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Scan(args) => tappass_controlplane::cli::scan::run(&args),
-        Command::Policy(args) => tappass_controlplane::cli::policy::run(&args),
-        Command::Provider(args) => tappass_controlplane::cli::provider::run(&args),
-        Command::Packs(args) => tappass_controlplane::cli::packs::run(&args),
-        Command::Keys(args) => tappass_controlplane::cli::keys::run(&args),
-        Command::Audit(args) => tappass_controlplane::cli::audit::run(&args),
-        Command::Token(args) => tappass_controlplane::cli::token::run(&args),
+        Command::Scan(args) => cli::scan::run(&args),
+        Command::Policy(args) => cli::policy::run(&args),
+        Command::Provider(args) => cli::provider::run(&args),
+        Command::Packs(args) => cli::packs::run(&args),
+        Command::Keys(args) => cli::keys::run(&args),
+        Command::Audit(args) => cli::audit::run(&args),
+        Command::Token(args) => cli::token::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
