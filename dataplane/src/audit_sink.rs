@@ -87,7 +87,8 @@ impl AuditSink {
     }
 }
 
-fn default_gateway_id() -> String {
+/// The host name, or `tappass-gateway`.
+pub fn default_gateway_id() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_string())

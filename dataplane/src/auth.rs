@@ -9,7 +9,8 @@ use crate::error::GatewayError;
 /// The accepted gateway API keys.
 #[derive(Debug, Default)]
 pub struct ApiKeys {
-    keys: Vec<([u8; 32], String)>,
+    /// (hash, agent, project)
+    keys: Vec<([u8; 32], String, Option<String>)>,
 }
 
 /// Who a verified caller is.
@@ -64,20 +65,35 @@ pub struct TokenAuth {
 }
 
 impl TokenAuth {
-    pub fn from_config(cfg: &crate::config::TokenConfig) -> Result<TokenAuth, String> {
+    /// Token verification from the `tokens` config section; a key set and
+    /// revocations pushed by the control plane take the place of the files.
+    pub fn from_config(
+        cfg: &crate::config::TokenConfig,
+        pushed_jwks: Option<&tappass_keys::Jwks>,
+        pushed_revocations: Option<&tappass_tokens::Revocations>,
+    ) -> Result<TokenAuth, String> {
         let read = |p: &std::path::Path| {
             std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
         };
-        let jwks = tappass_keys::Jwks::from_json(&read(&cfg.jwks_file)?)
-            .map_err(|e| format!("{}: {e}", cfg.jwks_file.display()))?;
-        if jwks.is_empty() {
-            return Err(format!("{}: no Ed25519 key", cfg.jwks_file.display()));
-        }
-        let revocations = match &cfg.revocations_file {
-            Some(p) => {
+        let jwks = match (pushed_jwks, &cfg.jwks_file) {
+            (Some(j), _) => j.clone(),
+            (None, Some(path)) => {
+                let jwks = tappass_keys::Jwks::from_json(&read(path)?)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if jwks.is_empty() {
+                    return Err(format!("{}: no Ed25519 key", path.display()));
+                }
+                jwks
+            }
+            // No key set yet: every token is refused until one arrives.
+            (None, None) => tappass_keys::Jwks::default(),
+        };
+        let revocations = match (pushed_revocations, &cfg.revocations_file) {
+            (Some(r), _) => r.clone(),
+            (None, Some(p)) => {
                 serde_json::from_str(&read(p)?).map_err(|e| format!("{}: {e}", p.display()))?
             }
-            None => tappass_tokens::Revocations::default(),
+            (None, None) => tappass_tokens::Revocations::default(),
         };
         Ok(TokenAuth {
             verifier: tappass_tokens::Verifier {
@@ -149,10 +165,22 @@ impl ApiKeys {
                 .filter_map(|k| {
                     let mut h = [0u8; 32];
                     hex::decode_to_slice(&k.sha256, &mut h).ok()?;
-                    Some((h, k.name.clone()))
+                    Some((h, k.name.clone(), None))
                 })
                 .collect(),
         }
+    }
+
+    /// The configured keys plus those the control plane pushed
+    /// (hex SHA-256, agent, project).
+    pub fn with_pushed(mut self, pushed: &[(String, String, Option<String>)]) -> ApiKeys {
+        for (hash, agent, project) in pushed {
+            let mut h = [0u8; 32];
+            if hex::decode_to_slice(hash, &mut h).is_ok() {
+                self.keys.push((h, agent.clone(), project.clone()));
+            }
+        }
+        self
     }
 
     /// Verify the key presented as `Authorization: Bearer …` or `x-api-key`.
@@ -183,13 +211,17 @@ impl ApiKeys {
         };
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
-        for (h, name) in &self.keys {
+        for (h, name, project) in &self.keys {
             if bool::from(h.ct_eq(&digest)) {
-                found = Some(name);
+                found = Some((name, project));
             }
         }
         match found {
-            Some(name) => Ok(Caller::api_key(name)),
+            Some((name, project)) => {
+                let mut c = Caller::api_key(name);
+                c.project = project.clone();
+                Ok(c)
+            }
             None => Err(GatewayError::Unauthorized("invalid gateway API key".into())),
         }
     }

@@ -32,6 +32,8 @@ pub struct CallRecord {
     pub org: Option<String>,
     pub project: Option<String>,
     pub sandbox: Option<String>,
+    /// Version of the agent's compiled policy, when the control plane pushed one.
+    pub policy_version: Option<u64>,
     pub steps: Vec<StepDecision>,
     /// Bytes the client had received when a stream ended with an error.
     pub bytes_released_before_block: Option<u64>,
@@ -71,6 +73,7 @@ impl CallRecord {
             org: None,
             project: None,
             sandbox: None,
+            policy_version: None,
             steps: Vec::new(),
             bytes_released_before_block: None,
             prompt: None,
@@ -116,6 +119,7 @@ impl CallRecord {
         r.org = self.org.clone();
         r.project = self.project.clone();
         r.sandbox_id = self.sandbox.clone();
+        r.policy_version = self.policy_version;
         r.started_at_ms = self.started_wall_ms;
         r.ended_at_ms = wall_ms();
         r.endpoint = self.endpoint.into();

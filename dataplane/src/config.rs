@@ -60,6 +60,9 @@ pub struct Config {
     /// Gateway API keys accepted from clients (stored as SHA-256 hashes).
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Subscribe to a control plane for identity material and policies.
+    #[serde(default)]
+    pub control_plane: Option<ControlPlaneConfig>,
     /// Capability tokens accepted besides API keys. Off when absent.
     #[serde(default)]
     pub tokens: Option<TokenConfig>,
@@ -334,9 +337,49 @@ pub struct FallbackConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// The control plane's xDS (ADS) endpoint, e.g. `http://127.0.0.1:18000`.
+    pub url: String,
+    /// This gateway's node id (default: the audit gateway id or the host name).
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Hex Ed25519 public keys that sign the control plane's snapshots.
+    pub snapshot_public_keys: Vec<String>,
+    /// Where the last good snapshot is kept, so a restart serves at once.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub protocol: XdsProtocol,
+    /// What to do when the control plane is out of reach past the TTL.
+    #[serde(default)]
+    pub on_stale: OnStale,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum XdsProtocol {
+    #[default]
+    Delta,
+    Sotw,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStale {
+    /// Refuse calls with 503 until the control plane is back.
+    #[default]
+    FailClosed,
+    /// Keep serving with the last good configuration.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenConfig {
-    /// The token issuer's public keys (JWKS).
-    pub jwks_file: PathBuf,
+    /// The token issuer's public keys (JWKS). Without it, the key set comes
+    /// from the control plane.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
     /// `aud` a token must carry.
     #[serde(default = "d_audience")]
     pub audience: String,
@@ -352,6 +395,20 @@ pub struct TokenConfig {
     /// Revoked token ids and sandboxes: `{"jti": [...], "sandboxes": [...]}`.
     #[serde(default)]
     pub revocations_file: Option<PathBuf>,
+}
+
+impl TokenConfig {
+    /// Token settings when only the control plane supplies the key set.
+    pub fn from_control_plane() -> TokenConfig {
+        TokenConfig {
+            jwks_file: None,
+            audience: d_audience(),
+            issuer: None,
+            max_ttl_seconds: d_max_ttl(),
+            leeway_seconds: d_leeway(),
+            revocations_file: None,
+        }
+    }
 }
 
 fn d_audience() -> String {
@@ -510,8 +567,32 @@ impl Config {
         }
         check_timeouts(&self.timeouts, "timeouts", &err)?;
         if let Some(t) = &self.tokens {
-            crate::auth::TokenAuth::from_config(t)
+            if t.jwks_file.is_none() && self.control_plane.is_none() {
+                return Err(err(
+                    "tokens.jwks_file".into(),
+                    "is required unless a control plane supplies the key set".into(),
+                ));
+            }
+            crate::auth::TokenAuth::from_config(t, None, None)
                 .map_err(|problem| err("tokens".into(), problem))?;
+        }
+        if let Some(c) = &self.control_plane {
+            crate::providers::UpstreamUrl::parse(&c.url)
+                .map_err(|problem| err("control_plane.url".into(), problem))?;
+            if c.snapshot_public_keys.is_empty() {
+                return Err(err(
+                    "control_plane.snapshot_public_keys".into(),
+                    "at least one key is required".into(),
+                ));
+            }
+            for (i, k) in c.snapshot_public_keys.iter().enumerate() {
+                if k.trim().len() != 64 || !k.trim().bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(err(
+                        format!("control_plane.snapshot_public_keys[{i}]"),
+                        "must be 64 hex digits (an Ed25519 public key)".into(),
+                    ));
+                }
+            }
         }
         if let Some(a) = &self.audit {
             if a.checkpoint_every_rows == 0 {

@@ -39,6 +39,8 @@ pub enum GatewayError {
     UpstreamBroken(String),
     #[error("upstream response is not valid: {0}")]
     BadUpstreamResponse(String),
+    #[error("{0}")]
+    ConfigurationStale(String),
     #[error("the audit trail cannot record this call: {0}")]
     AuditUnavailable(String),
     #[error("the gateway is shutting down")]
@@ -72,7 +74,9 @@ impl GatewayError {
             | GatewayError::UpstreamBroken(_)
             | GatewayError::BadUpstreamResponse(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
-            GatewayError::ShuttingDown | GatewayError::AuditUnavailable(_) => 503,
+            GatewayError::ShuttingDown
+            | GatewayError::AuditUnavailable(_)
+            | GatewayError::ConfigurationStale(_) => 503,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -96,6 +100,7 @@ impl GatewayError {
             GatewayError::UpstreamBroken(_) => "upstream_stream_broken",
             GatewayError::BadUpstreamResponse(_) => "bad_upstream_response",
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
+            GatewayError::ConfigurationStale(_) => "configuration_stale",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::Internal(_) => "internal_error",
         }

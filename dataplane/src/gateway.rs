@@ -32,10 +32,14 @@ use crate::wire::{is_json_content_type, Call, Endpoint, ErrorStyle};
 
 /// Everything a call needs from configuration, swapped as one unit.
 pub struct GatewayState {
-    pub router: Router,
+    /// Providers and routes; shared across swaps so that breakers and DNS
+    /// caches keep their state.
+    pub router: Arc<Router>,
     pub keys: ApiKeys,
     pub tokens: Option<TokenAuth>,
     pub limits: Limits,
+    /// Compiled policies pushed by the control plane, by agent.
+    pub policies: std::collections::BTreeMap<String, crate::control::PushedPolicy>,
 }
 
 impl GatewayState {
@@ -43,22 +47,45 @@ impl GatewayState {
         config: &Config,
         mock_socket: Option<&std::path::PathBuf>,
     ) -> Result<GatewayState, String> {
+        let router = Arc::new(Router::from_config(config, mock_socket)?);
+        GatewayState::compose(config, router, &crate::control::Pushed::default())
+    }
+
+    /// The state for `config` plus what the control plane pushed.
+    pub fn compose(
+        config: &Config,
+        router: Arc<Router>,
+        pushed: &crate::control::Pushed,
+    ) -> Result<GatewayState, String> {
+        let keys = ApiKeys::from_config(&config.api_keys)
+            .with_pushed(pushed.api_keys.as_deref().unwrap_or_default());
+        let tokens = match (&config.tokens, &pushed.jwks) {
+            (Some(t), jwks) => Some(TokenAuth::from_config(
+                t,
+                jwks.as_ref(),
+                pushed.revocations.as_ref(),
+            )?),
+            (None, Some(jwks)) => Some(TokenAuth::from_config(
+                &crate::config::TokenConfig::from_control_plane(),
+                Some(jwks),
+                pushed.revocations.as_ref(),
+            )?),
+            (None, None) => None,
+        };
         Ok(GatewayState {
-            router: Router::from_config(config, mock_socket)?,
-            keys: ApiKeys::from_config(&config.api_keys),
-            tokens: config
-                .tokens
-                .as_ref()
-                .map(TokenAuth::from_config)
-                .transpose()?,
+            router,
+            keys,
+            tokens,
             limits: config.limits.clone(),
+            policies: pushed.policies.clone(),
         })
     }
 }
 
 /// The gateway application served by Pingora.
 pub struct Gateway {
-    state: ArcSwap<GatewayState>,
+    state: Arc<ArcSwap<GatewayState>>,
+    link: Option<Arc<crate::control::LinkHealth>>,
     connector: Connector,
     metrics: Arc<Metrics>,
     lifecycle: Arc<crate::server::Lifecycle>,
@@ -89,7 +116,8 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
 
 impl Gateway {
     pub fn new(
-        state: GatewayState,
+        state: Arc<ArcSwap<GatewayState>>,
+        link: Option<Arc<crate::control::LinkHealth>>,
         metrics: Arc<Metrics>,
         lifecycle: Arc<crate::server::Lifecycle>,
         audit: Option<Arc<AuditSink>>,
@@ -98,7 +126,8 @@ impl Gateway {
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = h2c;
         Gateway {
-            state: ArcSwap::from_pointee(state),
+            state,
+            link,
             connector: Connector::new(None),
             metrics,
             lifecycle,
@@ -110,12 +139,6 @@ impl Gateway {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         }
-    }
-
-    /// Replace the configuration-derived state; calls in flight keep the
-    /// state they started with.
-    pub fn swap_state(&self, state: GatewayState) {
-        self.state.store(Arc::new(state));
     }
 
     fn next_request_id(&self) -> String {
@@ -178,6 +201,17 @@ impl Gateway {
         let style = endpoint.error_style();
         rec.style = style;
         rec.governed = true;
+        if let Some(why) = self.link.as_ref().and_then(|l| l.refuses_calls()) {
+            let e = GatewayError::ConfigurationStale(why);
+            rec.step(
+                "check_configuration",
+                "deny",
+                "identity",
+                "control_plane",
+                json!({"error": e.code()}),
+            );
+            return self.respond_error(session, rec, &e, style, false).await;
+        }
         if method != Method::POST {
             let e = GatewayError::MethodNotAllowed {
                 method: method.to_string(),
@@ -213,6 +247,7 @@ impl Gateway {
         rec.org = caller.org.clone();
         rec.project = caller.project.clone();
         rec.sandbox = caller.sandbox.clone();
+        rec.policy_version = state.policies.get(&caller.agent).map(|p| p.version);
         let content_type = session
             .get_header("content-type")
             .and_then(|v| v.to_str().ok())

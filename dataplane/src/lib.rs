@@ -11,6 +11,7 @@
 //! - [`call_record`]: what the gateway knows about one call.
 //! - [`audit_sink`]: writing each call's audit row to the audit WAL.
 //! - [`providers`]: providers, credentials, circuit breakers, model routing.
+//! - [`control`]: the control-plane link: verified xDS updates, hot swap, persistence, staleness.
 //! - [`upstream`]: upstream attempts, fallback, timeouts.
 //! - [`gateway`]: the client-facing Pingora application.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
@@ -22,6 +23,7 @@ pub mod audit_sink;
 pub mod auth;
 pub mod call_record;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod events;
 pub mod gateway;

@@ -138,6 +138,8 @@ pub struct GatewayServer {
     lifecycle: Arc<Lifecycle>,
     drain_for: Duration,
     mock_socket: Option<PathBuf>,
+    /// The control-plane link and the runtime it runs on.
+    _control: Option<(crate::control::ControlLink, tokio::runtime::Runtime)>,
 }
 
 impl GatewayServer {
@@ -190,10 +192,44 @@ impl GatewayServer {
             })?)),
             None => None,
         };
-        let state =
-            GatewayState::from_config(config, mock_socket.as_ref()).map_err(ServerError::State)?;
+        let router = Arc::new(
+            crate::providers::Router::from_config(config, mock_socket.as_ref())
+                .map_err(ServerError::State)?,
+        );
+        let initial = GatewayState::compose(config, router.clone(), &Default::default())
+            .map_err(ServerError::State)?;
+        let state = Arc::new(arc_swap::ArcSwap::from_pointee(initial));
+        let (control, control_runtime) = match &config.control_plane {
+            None => (None, None),
+            Some(cp) => {
+                // The link runs on a small runtime of its own: it must be up
+                // (and the persisted snapshot installed) before Pingora starts.
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("tappass-control-link")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| ServerError::State(format!("control-plane link runtime: {e}")))?;
+                let node_id = cp
+                    .node_id
+                    .clone()
+                    .or_else(|| config.audit.as_ref().and_then(|a| a.gateway_id.clone()))
+                    .unwrap_or_else(crate::audit_sink::default_gateway_id);
+                let cfg = config.clone();
+                let rebuild = Box::new(move |pushed: &crate::control::Pushed| {
+                    GatewayState::compose(&cfg, router.clone(), pushed)
+                });
+                let link = rt
+                    .block_on(async {
+                        crate::control::ControlLink::start(cp, &node_id, state.clone(), rebuild)
+                    })
+                    .map_err(ServerError::State)?;
+                (Some(link), Some(rt))
+            }
+        };
         let gateway = Gateway::new(
             state,
+            control.as_ref().map(|l| l.health.clone()),
             metrics.clone(),
             lifecycle.clone(),
             audit.clone(),
@@ -227,6 +263,7 @@ impl GatewayServer {
             lifecycle,
             drain_for: Duration::from_secs(config.graceful_shutdown_seconds),
             mock_socket,
+            _control: control.zip(control_runtime),
         })
     }
 
