@@ -101,7 +101,49 @@ struct Target {
     _procs: Vec<Proc>,
 }
 
+/// `pid` and all its descendants (a peer started through `npx` or a Python
+/// launcher runs in child processes).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map_or("", |(_, s)| s);
+            if let Some(ppid) = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u32>().ok())
+            {
+                parent_of.push((p, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let cur = tree[i];
+        tree.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == cur)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
+}
+
 fn proc_cpu_seconds(pid: u32) -> f64 {
+    process_tree(pid)
+        .into_iter()
+        .map(one_proc_cpu_seconds)
+        .sum()
+}
+
+fn one_proc_cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, s)| s);
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -112,8 +154,15 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
         / 100.0
 }
 
-/// Current and peak resident memory in MiB.
+/// Current and peak resident memory in MiB of a process and its descendants.
 fn proc_rss_mib(pid: u32) -> (f64, f64) {
+    process_tree(pid)
+        .into_iter()
+        .map(one_proc_rss_mib)
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+fn one_proc_rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| {
         status
@@ -442,6 +491,17 @@ fn start_peers(dir: &Path, mock: u16, targets: &mut Vec<Target>, notes: &mut Vec
     }
 }
 
+fn figures_get(
+    f: &BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+    name: &str,
+    key: &str,
+) -> Vec<f64> {
+    f.get(name)
+        .and_then(|m| m.get(key))
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn median_spread(v: &[f64]) -> (f64, f64, f64) {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if s.is_empty() {
@@ -649,6 +709,12 @@ fn run(args: &Args) -> Result<(), String> {
                 "slow_1000_kib_per_stream",
                 v["kib_per_stream"].as_f64().unwrap_or(f64::NAN),
             );
+        }
+    }
+    for t in &targets {
+        let streams = figures_get(&figures, &t.name, "streams_per_sec");
+        if streams.iter().all(|v| *v == 0.0) {
+            notes.push(format!("{}: no stream completed (its streaming path failed against the mock), so its streaming figures are missing.", t.name));
         }
     }
     drop(mock);

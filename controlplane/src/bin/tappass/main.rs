@@ -34,6 +34,10 @@ fn main() -> ExitCode {
         Command::Keys(args) => cli::keys::run(&args),
         Command::Audit(args) => cli::audit::run(&args),
         Command::Token(args) => cli::token::run(&args),
+        Command::Agent(args) => cli::agent::run(&args),
+        Command::Key(args) => cli::apikey::run(&args),
+        Command::Sandbox(args) => cli::sandbox::run(&args),
+        Command::Status(args) => cli::status::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -22,10 +22,30 @@ pub enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Make a new token-signing key active on a running control plane; the
+    /// old key stays in the JWKS until every token it signed has expired.
+    Rotate {
+        #[command(flatten)]
+        control: super::control::ControlArgs,
+    },
 }
 
 pub fn run(args: &KeysArgs) -> Result<u8> {
     match &args.command {
+        KeysCommand::Rotate { control } => {
+            let v = control
+                .client()?
+                .post("/v1/token-keys/rotate", serde_json::json!({}))?;
+            for k in v.as_array().into_iter().flatten() {
+                let kid = k["kid"].as_str().unwrap_or("");
+                if k["active"].as_bool() == Some(true) {
+                    println!("active   {kid}");
+                } else if let Some(until) = k["published_until"].as_i64() {
+                    println!("retired  {kid} (in the JWKS until {until})");
+                }
+            }
+            Ok(0)
+        }
         KeysCommand::Generate { out, force } => {
             let mut pub_path = out.clone().into_os_string();
             pub_path.push(".pub");

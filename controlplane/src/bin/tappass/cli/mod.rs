@@ -4,8 +4,13 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
+pub mod apikey;
 pub mod audit;
+pub mod control;
+pub mod sandbox;
 pub mod scan;
+pub mod status;
 pub mod token;
 
 // Policy engine subcommands.
@@ -34,10 +39,20 @@ pub enum Command {
     Provider(provider::ProviderArgs),
     /// List and show the built-in compliance packs.
     Packs(packs::PacksArgs),
-    /// Manage policy signing keys.
+    /// Policy signing keys (offline) and token-key rotation.
     Keys(keys::KeysArgs),
     /// Verify, read and export a gateway's audit trail.
     Audit(audit::AuditArgs),
-    /// Capability-token keys and minting.
+    /// Capability tokens: mint (offline or from a control plane), revoke.
     Token(token::TokenArgs),
+
+    // ---- control plane ----
+    /// Register and list agents.
+    Agent(agent::AgentArgs),
+    /// Gateway API keys.
+    Key(apikey::KeyArgs),
+    /// Revoke sandboxes.
+    Sandbox(sandbox::SandboxArgs),
+    /// Published versions and connected gateways.
+    Status(status::StatusArgs),
 }

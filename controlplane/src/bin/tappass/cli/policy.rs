@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use serde_json::json;
 use tappass_policies::{
     compile, preview, sign, verify, CompileOptions, CompiledPolicy, PolicySource, PublicKeyFile,
     SecretKeyFile, SourceFile, MAX_SOURCE_BYTES,
 };
+
+use super::control::ControlArgs;
 
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
@@ -26,6 +29,28 @@ pub enum PolicyCommand {
     Preview(PreviewArgs),
     /// Verify a signed Compiled Policy against a public key.
     Verify(VerifyArgs),
+    /// Store policy files (or a compliance pack) at a level of a running
+    /// control plane; every agent is recompiled, signed and pushed.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// `org`, `project=NAME` or `agent=NAME`.
+    #[arg(long)]
+    pub level: String,
+    /// A policy file (added or replaced at the level) or a directory (its
+    /// policy files become the level's whole content).
+    #[arg(required_unless_present = "pack", conflicts_with = "pack")]
+    pub path: Option<PathBuf>,
+    /// A built-in compliance pack to apply at the level instead of files.
+    #[arg(long)]
+    pub pack: Option<String>,
+    /// With --pack: remove the pack from the level.
+    #[arg(long, requires = "pack")]
+    pub remove: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -52,9 +77,13 @@ pub struct CompileArgs {
 
 #[derive(Debug, Args)]
 pub struct PreviewArgs {
-    pub dir: PathBuf,
+    /// Policy directory; without it, the sources stored in the control
+    /// plane are compiled.
+    pub dir: Option<PathBuf>,
     #[arg(long)]
     pub agent: String,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -190,8 +219,17 @@ pub fn run(args: &PolicyArgs) -> Result<u8> {
             write_out(a.out.as_deref(), &text)?;
             Ok(0)
         }
+        PolicyCommand::Apply(a) => apply(a),
         PolicyCommand::Preview(a) => {
-            let src = read_source(&a.dir)?;
+            let Some(dir) = &a.dir else {
+                let v = a
+                    .control
+                    .client()?
+                    .get(&format!("/v1/agents/{}/preview", a.agent))?;
+                print!("{}", v["preview"].as_str().unwrap_or(""));
+                return Ok(0);
+            };
+            let src = read_source(dir)?;
             match compile(&src, &a.agent, &CompileOptions::default()) {
                 Ok(c) => {
                     print!("{}", preview(&c));
@@ -225,4 +263,60 @@ pub fn run(args: &PolicyArgs) -> Result<u8> {
             }
         }
     }
+}
+
+fn apply(a: &ApplyArgs) -> Result<u8> {
+    let client = a.control.client()?;
+    let report = if let Some(pack) = &a.pack {
+        client.put(
+            "/v1/policy/packs",
+            json!({"level": a.level, "pack": pack, "remove": a.remove}),
+        )?
+    } else {
+        let path = a.path.as_deref().unwrap_or(Path::new("."));
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        let (files, replace) = if meta.is_dir() {
+            let mut files = Vec::new();
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for p in entries {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if name.starts_with('.') || !p.is_file() || !PolicySource::is_policy_file(name) {
+                    continue;
+                }
+                files.push(read_one(&p)?);
+            }
+            if files.is_empty() {
+                bail!("{}: no .yaml, .yml or .rego files", path.display());
+            }
+            (files, true)
+        } else {
+            (vec![read_one(path)?], false)
+        };
+        client.put(
+            "/v1/policy/sources",
+            json!({"level": a.level, "files": files, "replace": replace}),
+        )?
+    };
+    let changed = report["changed"].as_object().cloned().unwrap_or_default();
+    if changed.is_empty() {
+        println!("applied at {}: no agent's policy changed", a.level);
+    } else {
+        let list: Vec<String> = changed.iter().map(|(k, v)| format!("{k} v{v}")).collect();
+        println!("applied at {}: pushed {}", a.level, list.join(", "));
+    }
+    Ok(0)
+}
+
+fn read_one(p: &Path) -> Result<serde_json::Value> {
+    let name = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("{}: not a file name", p.display()))?;
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(json!({"name": name, "text": text}))
 }

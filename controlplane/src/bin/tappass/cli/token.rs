@@ -6,8 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use serde_json::json;
 use tappass_keys::SigningKeyPair;
 use tappass_tokens::{mint, Audience, Claims, Scope};
+
+use super::control::ControlArgs;
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
@@ -23,8 +26,15 @@ pub enum TokenCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Mint a capability token for an agent.
+    /// Mint a capability token for an agent: from a running control plane
+    /// (--data-dir / --control), or offline with --key.
     Mint(Box<MintArgs>),
+    /// Revoke a token by its `jti` on a running control plane.
+    Revoke {
+        jti: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -32,12 +42,12 @@ pub struct MintArgs {
     /// The agent (`sub`).
     #[arg(long)]
     pub agent: String,
-    /// The signing key file (from `tappass token keygen`).
+    /// Offline: the signing key file (from `tappass token keygen`).
+    #[arg(long, conflicts_with_all = ["data_dir", "control"])]
+    pub key: Option<PathBuf>,
+    /// Lifetime in seconds (default 300).
     #[arg(long)]
-    pub key: PathBuf,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = 300)]
-    pub ttl: i64,
+    pub ttl: Option<i64>,
     #[arg(long, default_value = "tappass-gateway")]
     pub aud: String,
     #[arg(long, default_value = "tappass-control")]
@@ -55,6 +65,8 @@ pub struct MintArgs {
     pub models: Vec<String>,
     #[arg(long)]
     pub policy_version: Option<u64>,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 pub fn run(args: &TokenArgs) -> Result<u8> {
@@ -76,17 +88,48 @@ pub fn run(args: &TokenArgs) -> Result<u8> {
             );
             Ok(0)
         }
+        TokenCommand::Revoke { jti, control } => {
+            let v = control
+                .client()?
+                .post("/v1/revocations/tokens", json!({ "jti": jti }))?;
+            println!(
+                "token {jti} revoked (pushed until {})",
+                v["expires_at"].as_i64().unwrap_or(0)
+            );
+            Ok(0)
+        }
         TokenCommand::Mint(a) => {
-            if a.ttl <= 0 {
+            let Some(key_path) = &a.key else {
+                let v = a.control.client()?.post(
+                    "/v1/tokens",
+                    json!({
+                        "agent": a.agent,
+                        "ttl_seconds": a.ttl,
+                        "sandbox": a.sandbox,
+                        "models": a.models,
+                    }),
+                )?;
+                eprintln!(
+                    "token {} for agent {} (key {}, expires {})",
+                    v["jti"].as_str().unwrap_or(""),
+                    a.agent,
+                    v["kid"].as_str().unwrap_or(""),
+                    v["exp"].as_i64().unwrap_or(0)
+                );
+                println!("{}", v["token"].as_str().unwrap_or(""));
+                return Ok(0);
+            };
+            let ttl = a.ttl.unwrap_or(300);
+            if ttl <= 0 {
                 bail!("--ttl must be positive");
             }
-            if !a.key.exists() {
+            if !key_path.exists() {
                 bail!(
                     "key file {} not found (create one with `tappass token keygen`)",
-                    a.key.display()
+                    key_path.display()
                 );
             }
-            let key = SigningKeyPair::load_or_create(&a.key)?;
+            let key = SigningKeyPair::load_or_create(key_path)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs() as i64;
@@ -106,7 +149,7 @@ pub fn run(args: &TokenArgs) -> Result<u8> {
                 policy_version: a.policy_version,
                 iat: now,
                 nbf: None,
-                exp: now + a.ttl,
+                exp: now + ttl,
                 jti: format!("tok-{}", hex_string(&jti)),
             };
             println!("{}", mint(&claims, &key));
