@@ -12,11 +12,12 @@ setup:
 build: setup
 	cargo build --workspace --bins
 
-## Start the gateway in the foreground on 127.0.0.1:8080 with the embedded
-## offline configuration (models mock-gpt and mock-claude).
+## Start TapPass in the foreground: the control plane and a gateway on
+## 127.0.0.1:8080 in one process (`tappass up`), offline (models mock-gpt
+## and mock-claude), with its state in ./.tappass.
 run: setup
-	cargo build --release -p tappass-dataplane --bin tappass-gateway
-	$(CARGO_TARGET_DIR)/release/tappass-gateway
+	cargo build --release -p tappass-controlplane --bin tappass
+	$(CARGO_TARGET_DIR)/release/tappass up --data-dir .tappass
 
 ## All tests: Rust unit and integration tests, then the official OpenAI and
 ## Anthropic Python SDKs against the real gateway.

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Keys(args) => cli::keys::run(&args),
         Command::Audit(args) => cli::audit::run(&args),
         Command::Token(args) => cli::token::run(&args),
+        Command::Up(args) => cli::up::run(&args),
         Command::Agent(args) => cli::agent::run(&args),
         Command::Key(args) => cli::apikey::run(&args),
         Command::Sandbox(args) => cli::sandbox::run(&args),

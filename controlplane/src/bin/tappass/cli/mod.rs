@@ -12,6 +12,7 @@ pub mod sandbox;
 pub mod scan;
 pub mod status;
 pub mod token;
+pub mod up;
 
 // Policy engine subcommands.
 pub mod keys;
@@ -55,4 +56,6 @@ pub enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Published versions and connected gateways.
     Status(status::StatusArgs),
+    /// Run the control plane and a gateway in one process (single machine).
+    Up(up::UpArgs),
 }
