@@ -98,6 +98,19 @@ fn gateway_config(a: &UpArgs, xds: SocketAddr, snapshot_key: &str) -> Result<Con
     Ok(Config::from_yaml(&yaml, "<tappass up>")?)
 }
 
+/// The local gateway has ACKed every type the control plane publishes.
+fn synced(cp: &ControlPlane) -> bool {
+    let Ok(status) = cp.status() else {
+        return false;
+    };
+    status.gateways.iter().any(|g| {
+        g.node_id == "local"
+            && status.versions.iter().all(|(t, v)| {
+                g.types.get(t).and_then(|i| i.acked_version.as_deref()) == Some(v.as_str())
+            })
+    })
+}
+
 pub fn run(a: &UpArgs) -> Result<u8> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -134,6 +147,12 @@ pub fn run(a: &UpArgs) -> Result<u8> {
     };
     let config = gateway_config(a, xds, &snapshot_key)?;
     let server = GatewayServer::build(&config)?;
+    // The gateway's link to the control plane is already running: wait for
+    // its first sync so that the printed key works at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !synced(&cp) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let base = format!("http://{}", a.listen);
     println!(
         "TapPass is up: gateway on {base}, control plane admin API on {admin_url} (xDS on {xds})."
