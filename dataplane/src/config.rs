@@ -69,6 +69,10 @@ pub struct Config {
     /// The audit trail (a signed, hash-chained WAL). Off when absent.
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// Content guardrails on the request and response path. Off when absent
+    /// (unless the control plane pushes a policy for the caller's agent).
+    #[serde(default)]
+    pub guardrails: Option<GuardrailsConfig>,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
 }
@@ -81,6 +85,102 @@ fn default_admin_listen() -> String {
 }
 fn default_grace() -> u64 {
     10
+}
+
+/// What a guardrail does with a finding.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardAction {
+    /// Refuse the call (403).
+    Block,
+    /// Replace the value and let the call through.
+    Redact,
+    /// Record the finding in the audit row only.
+    Log,
+    /// Do not run the step.
+    Off,
+}
+
+/// How redacted values are written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedactionStyle {
+    /// `[REDACTED:EMAIL]`
+    #[default]
+    Mask,
+    /// `<EMAIL_1>`
+    Pseudonym,
+    /// `****1234`, `j***@example.com`
+    Partial,
+}
+
+/// The `guardrails:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailsConfig {
+    /// Secrets in the prompt (default `block`).
+    #[serde(default = "default_block")]
+    pub secrets: GuardAction,
+    /// Personal data in the prompt (default `redact`).
+    #[serde(default = "default_redact")]
+    pub pii: GuardAction,
+    /// Prompt injection (default `block`; `redact` is not allowed).
+    #[serde(default = "default_block")]
+    pub injection: GuardAction,
+    /// Injection score at or above which the prompt is refused.
+    #[serde(default = "default_injection_threshold")]
+    pub injection_threshold: f32,
+    #[serde(default)]
+    pub redaction: RedactionStyle,
+    /// Secrets in the model's output (default `redact`).
+    #[serde(default = "default_redact")]
+    pub response_secrets: GuardAction,
+    /// Personal data in the model's output (default `redact`).
+    #[serde(default = "default_redact")]
+    pub response_pii: GuardAction,
+    /// Tool definitions whose name matches one of these globs are removed
+    /// from the request.
+    #[serde(default)]
+    pub tools_deny: Vec<String>,
+}
+
+fn default_block() -> GuardAction {
+    GuardAction::Block
+}
+fn default_redact() -> GuardAction {
+    GuardAction::Redact
+}
+fn default_injection_threshold() -> f32 {
+    0.5
+}
+
+impl Default for GuardrailsConfig {
+    fn default() -> Self {
+        GuardrailsConfig {
+            secrets: GuardAction::Block,
+            pii: GuardAction::Redact,
+            injection: GuardAction::Block,
+            injection_threshold: default_injection_threshold(),
+            redaction: RedactionStyle::Mask,
+            response_secrets: GuardAction::Redact,
+            response_pii: GuardAction::Redact,
+            tools_deny: Vec::new(),
+        }
+    }
+}
+
+impl GuardrailsConfig {
+    /// Every step off (the base when only a pushed policy selects steps).
+    pub fn all_off() -> Self {
+        GuardrailsConfig {
+            secrets: GuardAction::Off,
+            pii: GuardAction::Off,
+            injection: GuardAction::Off,
+            response_secrets: GuardAction::Off,
+            response_pii: GuardAction::Off,
+            ..GuardrailsConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -566,6 +666,28 @@ impl Config {
             ));
         }
         check_timeouts(&self.timeouts, "timeouts", &err)?;
+        if let Some(g) = &self.guardrails {
+            if g.injection == GuardAction::Redact {
+                return Err(err(
+                    "guardrails.injection".into(),
+                    "must be block, log or off (an injection cannot be redacted)".into(),
+                ));
+            }
+            if !(0.0..=1.0).contains(&g.injection_threshold) {
+                return Err(err(
+                    "guardrails.injection_threshold".into(),
+                    "must be between 0 and 1".into(),
+                ));
+            }
+            for (i, p) in g.tools_deny.iter().enumerate() {
+                if p.trim().is_empty() {
+                    return Err(err(
+                        format!("guardrails.tools_deny[{i}]"),
+                        "must not be empty".into(),
+                    ));
+                }
+            }
+        }
         if let Some(t) = &self.tokens {
             if t.jwks_file.is_none() && self.control_plane.is_none() {
                 return Err(err(

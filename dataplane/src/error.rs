@@ -43,6 +43,14 @@ pub enum GatewayError {
     ConfigurationStale(String),
     #[error("the audit trail cannot record this call: {0}")]
     AuditUnavailable(String),
+    #[error("{reason}")]
+    GuardrailDenied {
+        /// `secret_blocked`, `pii_blocked`, `prompt_injection`, `tool_denied`.
+        code: &'static str,
+        reason: String,
+    },
+    #[error("guardrail step `{step}` could not run: {reason}")]
+    GuardrailFailed { step: &'static str, reason: String },
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -64,7 +72,7 @@ impl GatewayError {
             GatewayError::NotFound { .. } | GatewayError::UnknownModel(_) => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::Unauthorized(_) | GatewayError::TokenRejected { .. } => 401,
-            GatewayError::ModelNotAllowed(_) => 403,
+            GatewayError::ModelNotAllowed(_) | GatewayError::GuardrailDenied { .. } => 403,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::UnsupportedMediaType(_) => 415,
             GatewayError::InvalidRequest(_)
@@ -77,7 +85,7 @@ impl GatewayError {
             GatewayError::ShuttingDown
             | GatewayError::AuditUnavailable(_)
             | GatewayError::ConfigurationStale(_) => 503,
-            GatewayError::Internal(_) => 500,
+            GatewayError::Internal(_) | GatewayError::GuardrailFailed { .. } => 500,
         }
     }
 
@@ -102,6 +110,8 @@ impl GatewayError {
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
             GatewayError::ConfigurationStale(_) => "configuration_stale",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::GuardrailDenied { code, .. } => code,
+            GatewayError::GuardrailFailed { .. } => "guardrail_failed",
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -199,6 +209,22 @@ mod tests {
         assert_eq!(GatewayError::UnsupportedMediaType("t".into()).status(), 415);
         assert_eq!(GatewayError::Unauthorized("no".into()).status(), 401);
         assert_eq!(GatewayError::UpstreamTimeout("t".into()).status(), 504);
+        let denied = GatewayError::GuardrailDenied {
+            code: "secret_blocked",
+            reason: "a secret".into(),
+        };
+        assert_eq!(denied.status(), 403);
+        assert_eq!(denied.code(), "secret_blocked");
+        assert_eq!(
+            denied.json_body(ErrorStyle::Anthropic)["error"]["type"],
+            "permission_error"
+        );
+        let failed = GatewayError::GuardrailFailed {
+            step: "detect_pii",
+            reason: "scan failed".into(),
+        };
+        assert_eq!(failed.status(), 500);
+        assert_eq!(failed.code(), "guardrail_failed");
     }
 
     #[test]

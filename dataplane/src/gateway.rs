@@ -25,6 +25,7 @@ use crate::config::{Config, Limits};
 use crate::error::GatewayError;
 use crate::events::{usage_from_body, Usage};
 use crate::metrics::Metrics;
+use crate::pipeline::{GuardStream, Guardrails, Pipeline, StreamReport};
 use crate::providers::{BreakerState, Router};
 use crate::relay::{RelayLimits, StreamHook, StreamRelay, StripInjectedUsage};
 use crate::upstream::{self, OutboundCall, UpstreamResponse};
@@ -40,6 +41,8 @@ pub struct GatewayState {
     pub limits: Limits,
     /// Compiled policies pushed by the control plane, by agent.
     pub policies: std::collections::BTreeMap<String, crate::control::PushedPolicy>,
+    /// Guardrails per agent, built with the state (never per call).
+    pub pipeline: Arc<Pipeline>,
 }
 
 impl GatewayState {
@@ -72,7 +75,12 @@ impl GatewayState {
             )?),
             (None, None) => None,
         };
+        let pipeline = Arc::new(Pipeline::build(
+            config.guardrails.as_ref(),
+            &pushed.policies,
+        )?);
         Ok(GatewayState {
+            pipeline,
             router,
             keys,
             tokens,
@@ -276,7 +284,7 @@ impl Gateway {
                 return self.respond_error(session, rec, &e, style, keepalive).await;
             }
         };
-        let call = match Call::parse(endpoint, &body) {
+        let mut call = match Call::parse(endpoint, &body) {
             Ok(c) => c,
             Err(e) => {
                 rec.step(
@@ -297,8 +305,37 @@ impl Gateway {
             json!({"bytes": body.len(), "stream": call.stream}),
         );
         rec.stream = call.stream;
+        let guard = match state.pipeline.for_agent(&caller.agent) {
+            None => None,
+            Some(Ok(g)) => Some(g),
+            Some(Err(reason)) => {
+                let e = GatewayError::GuardrailFailed {
+                    step: "apply_compiled_policy",
+                    reason,
+                };
+                rec.step(
+                    "apply_compiled_policy",
+                    "error",
+                    "policy",
+                    "control_plane",
+                    json!({"error": e.code()}),
+                );
+                return self.respond_error(session, rec, &e, style, true).await;
+            }
+        };
+        let mut redactions = crate::pipeline::Redactions::default();
+        if let Some(g) = &guard {
+            match crate::pipeline::run_request(g, &mut call, rec) {
+                Ok(r) => redactions = r,
+                Err(e) => return self.respond_error(session, rec, &e, style, true).await,
+            }
+        }
         if self.audit.as_ref().is_some_and(|a| a.store_content) {
-            rec.prompt = Some(String::from_utf8_lossy(&body).into_owned());
+            rec.prompt = Some(if call.is_rewritten() {
+                serde_json::Value::Object(call.body().clone()).to_string()
+            } else {
+                String::from_utf8_lossy(&body).into_owned()
+            });
         }
         let Some(targets) = state.router.resolve(&call.model) else {
             let e = GatewayError::UnknownModel(call.model.clone());
@@ -394,15 +431,43 @@ impl Gateway {
         let ok = resp.header.status.is_success();
         if ok && is_sse {
             let mut hooks: Vec<Box<dyn StreamHook>> = Vec::new();
-            if added_usage.load(Ordering::Relaxed) {
-                hooks.push(Box::new(StripInjectedUsage));
+            let strip_usage = added_usage.load(Ordering::Relaxed);
+            let mut stream_guard = None;
+            match guard.as_ref().filter(|g| g.checks_responses()) {
+                Some(g) => {
+                    match GuardStream::new(
+                        g.clone(),
+                        endpoint,
+                        strip_usage,
+                        state.limits.max_stream_hold_bytes,
+                        rec.prompt.is_some(),
+                    ) {
+                        Ok((hook, report)) => {
+                            hooks.push(Box::new(hook));
+                            stream_guard = Some((g.clone(), report));
+                        }
+                        Err(e) => {
+                            rec.step(
+                                "detect_secrets_in_response",
+                                "error",
+                                "content",
+                                "detectors",
+                                json!({"error": e.code()}),
+                            );
+                            return self.respond_error(session, rec, &e, style, false).await;
+                        }
+                    }
+                }
+                None if strip_usage => hooks.push(Box::new(StripInjectedUsage)),
+                None => {}
             }
             let limits = RelayLimits {
                 max_hold_bytes: state.limits.max_stream_hold_bytes,
                 ..RelayLimits::default()
             };
             let relay = StreamRelay::new(endpoint, rec.request_id.clone(), hooks, limits);
-            self.relay_stream(session, rec, resp, relay).await
+            self.relay_stream(session, rec, resp, relay, stream_guard)
+                .await
         } else {
             let max = state.limits.max_response_body_bytes;
             let body = match upstream::read_body(&mut resp, max).await {
@@ -413,6 +478,21 @@ impl Gateway {
             if ok {
                 rec.usage = usage_from_body(endpoint, &body);
             }
+            let mut body = body;
+            if let (true, Some(g)) = (ok, guard.as_ref().filter(|g| g.checks_responses())) {
+                match crate::pipeline::run_response_body(g, &body, rec) {
+                    Ok((b, r)) => {
+                        body = b;
+                        for (k, v) in r.0 {
+                            *redactions.0.entry(k).or_insert(0) += v;
+                        }
+                    }
+                    Err(e) => {
+                        upstream::release(&self.connector, resp).await;
+                        return self.respond_error(session, rec, &e, style, true).await;
+                    }
+                }
+            }
             if rec.prompt.is_some() {
                 rec.response = Some(String::from_utf8_lossy(&body).into_owned());
             }
@@ -422,6 +502,12 @@ impl Gateway {
             upstream::release(&self.connector, resp).await;
             let mut extra: Vec<(String, Vec<u8>)> = headers;
             extra.push(("x-tappass-provider".into(), provider.into_bytes()));
+            if !redactions.is_empty() {
+                extra.push((
+                    "x-tappass-redactions".into(),
+                    redactions.header_value().into_bytes(),
+                ));
+            }
             self.respond_bytes(session, rec, status, body, &extra).await
         }
     }
@@ -432,6 +518,7 @@ impl Gateway {
         rec: &mut CallRecord,
         mut resp: UpstreamResponse,
         mut relay: StreamRelay,
+        guard: Option<(Arc<Guardrails>, Arc<std::sync::Mutex<StreamReport>>)>,
     ) -> bool {
         let status = resp.header.status.as_u16();
         rec.status = status;
@@ -457,7 +544,9 @@ impl Gateway {
             return false;
         }
         let _streams = StreamGauge::new(&self.metrics);
-        if rec.prompt.is_some() {
+        // A guarded stream keeps the text it released (redacted), not the
+        // upstream's.
+        if rec.prompt.is_some() && guard.is_none() {
             relay.capture_text();
         }
         let idle = resp.provider.timeouts.idle_ms;
@@ -470,6 +559,9 @@ impl Gateway {
             };
             if let Some(e) = &out.ended_with {
                 rec.error = Some(e.to_string());
+                if matches!(e, GatewayError::GuardrailDenied { .. }) {
+                    rec.error_code = Some(e.code());
+                }
                 rec.bytes_released_before_block = Some(released_before(&relay, &out));
                 rec.step(
                     "relay_stream",
@@ -480,6 +572,10 @@ impl Gateway {
                 );
             }
             if relay.is_done() {
+                if let Some((g, report)) = &guard {
+                    let report = report.lock().unwrap_or_else(|e| e.into_inner());
+                    report.record(g, rec);
+                }
                 // The stream's last bytes wait until its audit row is durable.
                 rec.upstream_ended = Some(Instant::now());
                 let usage = relay.usage();
@@ -488,6 +584,12 @@ impl Gateway {
                 }
                 if let Some(text) = relay.captured_text() {
                     rec.response = Some(text.to_string());
+                }
+                if let Some((_, report)) = &guard {
+                    let report = report.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(text) = &report.released_text {
+                        rec.response = Some(text.clone());
+                    }
                 }
                 if let Err(e) = self.seal_audit(rec).await {
                     rec.error = Some(e.to_string());

@@ -29,6 +29,7 @@ pub mod events;
 pub mod gateway;
 pub mod metrics;
 pub mod mock;
+pub mod pipeline;
 pub mod providers;
 pub mod relay;
 pub mod server;

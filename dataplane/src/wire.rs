@@ -105,6 +105,8 @@ pub struct Call {
     /// `max_tokens` / `max_completion_tokens` / `max_output_tokens`.
     pub max_tokens: Option<u64>,
     body: Map<String, Value>,
+    /// The body was rewritten by a guardrail and must be re-serialized.
+    rewritten: bool,
 }
 
 impl Call {
@@ -165,7 +167,30 @@ impl Call {
             include_usage,
             max_tokens,
             body: map,
+            rewritten: false,
         })
+    }
+
+    /// The parsed request body.
+    pub fn body(&self) -> &Map<String, Value> {
+        &self.body
+    }
+
+    /// The request body for a rewrite (redaction, removed tools): the
+    /// upstream then receives the re-serialized body.
+    pub fn body_mut(&mut self) -> &mut Map<String, Value> {
+        self.rewritten = true;
+        &mut self.body
+    }
+
+    /// The body for a walk that reads only (it is not marked rewritten).
+    pub(crate) fn body_for_walk(&mut self) -> &mut Map<String, Value> {
+        &mut self.body
+    }
+
+    /// Whether the body was rewritten.
+    pub fn is_rewritten(&self) -> bool {
+        self.rewritten
     }
 
     /// The body to send upstream: the upstream model name, and for OpenAI
@@ -176,7 +201,7 @@ impl Call {
         let add_usage =
             self.endpoint == Endpoint::ChatCompletions && self.stream && !self.include_usage;
         let rename = upstream_model.filter(|m| *m != self.model);
-        if !add_usage && rename.is_none() {
+        if !add_usage && rename.is_none() && !self.rewritten {
             return (original.clone(), false);
         }
         let mut body = self.body.clone();

@@ -46,11 +46,22 @@ impl TestServer {
                 .enable_all()
                 .build()
                 .unwrap();
+            // Rebinding a port a killed server just left can race with the
+            // kernel (and with other tests picking ports): retry briefly.
             let listener = rt.block_on(async {
-                let sock = tokio::net::TcpSocket::new_v4().unwrap();
-                sock.set_reuseaddr(true).unwrap();
-                sock.bind(addr).unwrap();
-                sock.listen(1024).unwrap()
+                let mut attempts = 0;
+                loop {
+                    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                    sock.set_reuseaddr(true).unwrap();
+                    match sock.bind(addr).and_then(|()| sock.listen(1024)) {
+                        Ok(l) => break l,
+                        Err(_) if attempts < 100 => {
+                            attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("cannot bind {addr}: {e}"),
+                    }
+                }
             });
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
             rt.spawn(async move {
