@@ -60,6 +60,9 @@ pub struct Config {
     /// Gateway API keys accepted from clients (stored as SHA-256 hashes).
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Standalone mode: signed Compiled Policies from a local directory.
+    #[serde(default)]
+    pub local_policies: Option<LocalPoliciesConfig>,
     /// Subscribe to a control plane for identity material and policies.
     #[serde(default)]
     pub control_plane: Option<ControlPlaneConfig>,
@@ -437,6 +440,15 @@ pub struct FallbackConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct LocalPoliciesConfig {
+    /// Directory of signed Compiled Policy files (`*.json`), watched for changes.
+    pub dir: PathBuf,
+    /// The public key that signed them (`tappass keys generate` writes it as `FILE.pub`).
+    pub public_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ControlPlaneConfig {
     /// The control plane's xDS (ADS) endpoint, e.g. `http://127.0.0.1:18000`.
     pub url: String,
@@ -697,6 +709,26 @@ impl Config {
             }
             crate::auth::TokenAuth::from_config(t, None, None)
                 .map_err(|problem| err("tokens".into(), problem))?;
+        }
+        if let Some(l) = &self.local_policies {
+            if self.control_plane.is_some() {
+                return Err(err(
+                    "local_policies".into(),
+                    "cannot be used together with control_plane".into(),
+                ));
+            }
+            if !l.dir.is_dir() {
+                return Err(err(
+                    "local_policies.dir".into(),
+                    format!("{} is not a directory", l.dir.display()),
+                ));
+            }
+            if !l.public_key_file.is_file() {
+                return Err(err(
+                    "local_policies.public_key_file".into(),
+                    format!("file {} does not exist", l.public_key_file.display()),
+                ));
+            }
         }
         if let Some(c) = &self.control_plane {
             crate::providers::UpstreamUrl::parse(&c.url)

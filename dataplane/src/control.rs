@@ -59,6 +59,14 @@ pub struct Pushed {
 }
 
 impl Pushed {
+    /// Only policies (the standalone mode reads them from local files).
+    pub fn with_policies(policies: BTreeMap<String, PushedPolicy>) -> Pushed {
+        Pushed {
+            policies,
+            ..Pushed::default()
+        }
+    }
+
     fn expires_at(&self) -> Option<SystemTime> {
         self.expiry.values().min().copied()
     }

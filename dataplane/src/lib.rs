@@ -12,6 +12,7 @@
 //! - [`audit_sink`]: writing each call's audit row to the audit WAL.
 //! - [`providers`]: providers, credentials, circuit breakers, model routing.
 //! - [`control`]: the control-plane link: verified xDS updates, hot swap, persistence, staleness.
+//! - [`local_policy`]: standalone mode: signed policies from a watched directory.
 //! - [`upstream`]: upstream attempts, fallback, timeouts.
 //! - [`gateway`]: the client-facing Pingora application.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
@@ -27,6 +28,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod gateway;
+pub mod local_policy;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;

@@ -199,6 +199,15 @@ impl GatewayServer {
         let initial = GatewayState::compose(config, router.clone(), &Default::default())
             .map_err(ServerError::State)?;
         let state = Arc::new(arc_swap::ArcSwap::from_pointee(initial));
+        if let Some(local) = &config.local_policies {
+            let cfg = config.clone();
+            let router = router.clone();
+            let rebuild = Box::new(move |pushed: &crate::control::Pushed| {
+                GatewayState::compose(&cfg, router.clone(), pushed)
+            });
+            crate::local_policy::start(local, state.clone(), rebuild)
+                .map_err(ServerError::State)?;
+        }
         let (control, control_runtime) = match &config.control_plane {
             None => (None, None),
             Some(cp) => {

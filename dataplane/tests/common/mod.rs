@@ -110,11 +110,29 @@ impl Gateway {
     }
 
     pub fn start_with_env(config_body: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_full(config_body, env, &[])
+    }
+
+    /// Start with further API keys: (key name = agent, key).
+    pub fn start_with_keys(config_body: &str, keys: &[(&str, &str)]) -> Gateway {
+        Self::start_full(config_body, &[], keys)
+    }
+
+    fn start_full(config_body: &str, env: &[(&str, &str)], keys: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let admin_port = free_port();
+        let extra: String = keys
+            .iter()
+            .map(|(name, key)| {
+                format!(
+                    "  - name: {name}\n    sha256: {}\n",
+                    tappass_dataplane::auth::hash_key(key)
+                )
+            })
+            .collect();
         let config = format!(
-            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\ngraceful_shutdown_seconds: 10\napi_keys:\n  - name: tests\n    sha256: {}\n{config_body}",
+            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\ngraceful_shutdown_seconds: 10\napi_keys:\n  - name: tests\n    sha256: {}\n{extra}{config_body}",
             key_hash()
         );
         let path = dir.path().join("gateway.yaml");
