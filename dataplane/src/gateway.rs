@@ -211,14 +211,8 @@ impl Gateway {
         rec.governed = true;
         if let Some(why) = self.link.as_ref().and_then(|l| l.refuses_calls()) {
             let e = GatewayError::ConfigurationStale(why);
-            rec.step(
-                "check_configuration",
-                "deny",
-                "identity",
-                "control_plane",
-                json!({"error": e.code()}),
-            );
-            return self.respond_error(session, rec, &e, style, false).await;
+            let at = ("check_configuration", "identity", "control_plane");
+            return self.deny(session, rec, at, &e, style, false).await;
         }
         if method != Method::POST {
             let e = GatewayError::MethodNotAllowed {
@@ -230,14 +224,8 @@ impl Gateway {
         let caller = match authenticate(&state, session) {
             Ok(c) => c,
             Err(e) => {
-                rec.step(
-                    "verify_identity",
-                    "deny",
-                    "identity",
-                    "config:api_keys,tokens",
-                    json!({"error": e.code()}),
-                );
-                return self.respond_error(session, rec, &e, style, false).await;
+                let at = ("verify_identity", "identity", "config:api_keys,tokens");
+                return self.deny(session, rec, at, &e, style, false).await;
             }
         };
         let (method, provenance) = match &caller.method {
@@ -262,14 +250,8 @@ impl Gateway {
             .unwrap_or("");
         if !is_json_content_type(content_type) {
             let e = GatewayError::UnsupportedMediaType(content_type.to_string());
-            rec.step(
-                "validate_request",
-                "deny",
-                "request",
-                "gateway",
-                json!({"error": e.code()}),
-            );
-            return self.respond_error(session, rec, &e, style, false).await;
+            let at = ("validate_request", "request", "gateway");
+            return self.deny(session, rec, at, &e, style, false).await;
         }
         let body = match read_request_body(session, state.limits.max_request_body_bytes).await {
             Ok(b) => b,
@@ -287,14 +269,8 @@ impl Gateway {
         let mut call = match Call::parse(endpoint, &body) {
             Ok(c) => c,
             Err(e) => {
-                rec.step(
-                    "validate_request",
-                    "deny",
-                    "request",
-                    "gateway",
-                    json!({"error": e.code()}),
-                );
-                return self.respond_error(session, rec, &e, style, true).await;
+                let at = ("validate_request", "request", "gateway");
+                return self.deny(session, rec, at, &e, style, true).await;
             }
         };
         rec.step(
@@ -627,6 +603,28 @@ impl Gateway {
             upstream::release(&self.connector, resp).await;
         }
         session.finish_body().await.is_ok() && clean
+    }
+
+    /// Record `step`'s deny (aspect, provenance) with the error's code and
+    /// answer with the error.
+    async fn deny(
+        &self,
+        session: &mut ServerSession,
+        rec: &mut CallRecord,
+        (step, aspect, provenance): (&str, &str, &str),
+        err: &GatewayError,
+        style: ErrorStyle,
+        keepalive: bool,
+    ) -> bool {
+        rec.step(
+            step,
+            "deny",
+            aspect,
+            provenance,
+            json!({"error": err.code()}),
+        );
+        self.respond_error(session, rec, err, style, keepalive)
+            .await
     }
 
     async fn respond_error(

@@ -130,7 +130,7 @@ fn support_emailer_has_gdpr_and_owasp() {
 fn code_reviewer_is_read_only_in_its_workspace() {
     let p = compile_example("code-reviewer").policy;
     assert!(p.filesystem.read_only);
-    assert_eq!(p.filesystem.workspace.as_deref(), Some("/srv/work/reviews"));
+    assert_eq!(p.filesystem.workspace.as_deref(), Some("/srv/code/reviews"));
     assert_eq!(
         p.network.allow_domains,
         Some(vec![

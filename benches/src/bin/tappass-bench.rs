@@ -396,17 +396,29 @@ async fn slow_streams_rss(url: String, model: String, pid: u32, n: usize) -> Val
         "kib_per_stream": (peak - idle) * 1024.0 / n as f64})
 }
 
-fn gateway_config(dir: &Path, port: u16, admin: u16, mock: u16, audit: bool) -> PathBuf {
+fn gateway_config(
+    dir: &Path,
+    port: u16,
+    admin: u16,
+    mock: u16,
+    audit: bool,
+    guardrails: bool,
+) -> PathBuf {
+    let guardrails = if guardrails {
+        "guardrails:\n  secrets: block\n  pii: redact\n  injection: block\n  response_secrets: redact\n  response_pii: redact\n"
+    } else {
+        ""
+    };
     let audit = if audit {
         format!(
             "audit:\n  dir: {}\n  gateway_id: bench\n",
-            dir.join("audit").display()
+            dir.join(format!("audit-{port}")).display()
         )
     } else {
         String::new()
     };
     let cfg = format!(
-        "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nlog:\n  level: warn\n{audit}api_keys:\n  - name: bench\n    sha256: {}\nproviders:\n  - name: mock\n    kind: openai-compatible\n    base_url: http://127.0.0.1:{mock}/v1\nmodels:\n  - name: mock-gpt\n    provider: mock\n",
+        "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nlog:\n  level: warn\n{guardrails}{audit}api_keys:\n  - name: bench\n    sha256: {}\nproviders:\n  - name: mock\n    kind: openai-compatible\n    base_url: http://127.0.0.1:{mock}/v1\nmodels:\n  - name: mock-gpt\n    provider: mock\n",
         tappass_dataplane::auth::hash_key(KEY)
     );
     let path = dir.join(format!("gateway-{port}.yaml"));
@@ -567,12 +579,13 @@ fn run(args: &Args) -> Result<(), String> {
         headers: vec![],
         _procs: vec![pt],
     });
-    for (name, audit) in [
-        ("TapPass, audit off", false),
-        ("TapPass, audit on (signed, durable)", true),
+    for (name, audit, guardrails) in [
+        ("TapPass, audit off", false, false),
+        ("TapPass, audit on (signed, durable)", true, false),
+        ("TapPass, guardrails + audit", true, true),
     ] {
         let (port, admin) = (free_port(), free_port());
-        let cfg = gateway_config(dir.path(), port, admin, mock_port, audit);
+        let cfg = gateway_config(dir.path(), port, admin, mock_port, audit, guardrails);
         let p = spawn(
             Command::new(bin("tappass-gateway"))
                 .arg("--config")
@@ -589,7 +602,7 @@ fn run(args: &Args) -> Result<(), String> {
             _procs: vec![p],
         });
     }
-    notes.push("The governance pipeline (detectors, policy, budgets) is not on the request path yet: TapPass is measured with what it runs today.".into());
+    notes.push("\"Guardrails + audit\" scans every prompt and every response (streamed ones included) for secrets, personal data and prompt injection, on top of the signed, durable audit trail; budgets and tool-call governance are not built yet.".into());
     if args.peers {
         start_peers(dir.path(), mock_port, &mut targets, &mut notes);
     } else {

@@ -1,1 +1,1 @@
-nono run --read /srv/work/reviews --net-block -- "$@"
+nono run --read /srv/code/reviews --net-block -- "$@"
