@@ -89,7 +89,7 @@ impl LinkHealth {
             return None;
         }
         let expires = self.expires_at_ms.load(Ordering::Acquire);
-        let now = now_ms();
+        let now = crate::call_record::wall_ms();
         if expires == 0 {
             return Some(
                 "the gateway has not received its configuration from the control plane".into(),
@@ -102,13 +102,6 @@ impl LinkHealth {
             )
         })
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -234,9 +227,9 @@ impl Applier {
                                 k.key_id
                             ));
                         }
-                        let expired = k
-                            .expires_at
-                            .is_some_and(|t| (t.seconds as u64) * 1000 < now_ms());
+                        let expired = k.expires_at.is_some_and(|t| {
+                            (t.seconds as u64) * 1000 < crate::call_record::wall_ms()
+                        });
                         if !expired {
                             let project = (!k.project.is_empty()).then_some(k.project);
                             keys.push((k.hash.to_ascii_lowercase(), k.agent, project));

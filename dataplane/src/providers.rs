@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
@@ -138,13 +138,6 @@ pub struct CircuitBreaker {
     probe_in_flight: AtomicBool,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl CircuitBreaker {
     pub fn new(cfg: BreakerConfig) -> Self {
         CircuitBreaker {
@@ -163,7 +156,7 @@ impl CircuitBreaker {
         if until == 0 {
             return true;
         }
-        if now_ms() < until {
+        if crate::call_record::wall_ms() < until {
             return false;
         }
         self.probe_in_flight
@@ -182,7 +175,7 @@ impl CircuitBreaker {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if was_probe || failures >= self.threshold {
             self.open_until_ms.store(
-                now_ms() + self.cooldown.as_millis() as u64,
+                crate::call_record::wall_ms() + self.cooldown.as_millis() as u64,
                 Ordering::Release,
             );
         }
@@ -191,7 +184,7 @@ impl CircuitBreaker {
     pub fn state(&self) -> BreakerState {
         match self.open_until_ms.load(Ordering::Acquire) {
             0 => BreakerState::Closed,
-            until if now_ms() < until => BreakerState::Open,
+            until if crate::call_record::wall_ms() < until => BreakerState::Open,
             _ => BreakerState::HalfOpen,
         }
     }

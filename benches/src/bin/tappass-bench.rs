@@ -762,49 +762,55 @@ fn report(
         args.rounds
     ));
     md.push_str("Workloads: 1 KiB prompt → 1 KiB echoed reply (non-streaming), 16 KiB prompt → short reply, and a streamed 1 KiB reply in ~40 chunks. The mock answers instantly and deterministically.\n\n");
-    let rows: Vec<(&str, String)> = {
+    let rows: Vec<(String, String)> = {
         let mut r = vec![
-            ("rps_c8", "requests/s, 8 connections".to_string()),
-            ("rps_c32", "requests/s, 32 connections".to_string()),
+            (
+                "rps_c8".to_string(),
+                "requests/s, 8 connections".to_string(),
+            ),
+            (
+                "rps_c32".to_string(),
+                "requests/s, 32 connections".to_string(),
+            ),
         ];
         for rate in &args.rates {
             r.push((
-                leak(format!("p50_ms_at_{rate}")),
+                format!("p50_ms_at_{rate}"),
                 format!("p50 ms at {rate} req/s"),
             ));
             r.push((
-                leak(format!("p99_ms_at_{rate}")),
+                format!("p99_ms_at_{rate}"),
                 format!("p99 ms at {rate} req/s"),
             ));
         }
         r.extend([
             (
-                "rps_16k_c8",
+                "rps_16k_c8".to_string(),
                 "requests/s, 16 KiB prompts, 8 connections".to_string(),
             ),
             (
-                "ttfb_p50_ms",
+                "ttfb_p50_ms".to_string(),
                 "stream: time to first byte p50 ms".to_string(),
             ),
             (
-                "ttfb_p99_ms",
+                "ttfb_p99_ms".to_string(),
                 "stream: time to first byte p99 ms".to_string(),
             ),
             (
-                "ttlb_p50_ms",
+                "ttlb_p50_ms".to_string(),
                 "stream: time to last byte p50 ms".to_string(),
             ),
             (
-                "cpu_s_per_1000_req",
+                "cpu_s_per_1000_req".to_string(),
                 "proxy CPU seconds per 1,000 requests".to_string(),
             ),
-            ("peak_rss_mib", "proxy peak RSS MiB".to_string()),
+            ("peak_rss_mib".to_string(), "proxy peak RSS MiB".to_string()),
             (
-                "slow_1000_rss_peak_mib",
+                "slow_1000_rss_peak_mib".to_string(),
                 "RSS MiB holding 1,000 slow streams".to_string(),
             ),
             (
-                "slow_1000_kib_per_stream",
+                "slow_1000_kib_per_stream".to_string(),
                 "KiB per slow stream".to_string(),
             ),
         ]);
@@ -878,10 +884,6 @@ fn report(
     )?;
     println!("{md}");
     Ok(())
-}
-
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
 }
 
 /// A horizontal bar chart of requests/s at 32 connections, as SVG.
