@@ -15,6 +15,11 @@ use serde_json::{json, Value};
 use tappass_audit::verify::{verify_dir, VerifyOptions, VerifyReport};
 use tappass_audit::{AuditRecord, Jwks, WalReader};
 
+/// The crash test loads both cores and kills a gateway mid-run; the tests of
+/// this file run one at a time so that none of them shares the machine (or
+/// a just-freed port) with it.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn audited(mock: &Proc, dir: &Path, extra: &str) -> String {
     format!(
         "audit:\n  dir: {}\n  gateway_id: gw-test\n{extra}providers:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\n  - name: a\n    kind: anthropic\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n  - name: c\n    provider: a\n",
@@ -40,6 +45,7 @@ fn records(dir: &Path) -> Vec<AuditRecord> {
 
 #[tokio::test]
 async fn every_call_leaves_a_verifiable_row_with_its_steps() {
+    let _serial = SERIAL.lock().await;
     let mock = start_mock(&[]);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("audit");
@@ -137,6 +143,7 @@ async fn every_call_leaves_a_verifiable_row_with_its_steps() {
 
 #[tokio::test]
 async fn rows_of_completed_calls_survive_kill_9_and_the_chain_continues() {
+    let _serial = SERIAL.lock().await;
     let mock = start_mock(&["--threads", "2"]);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("audit");
@@ -244,6 +251,7 @@ async fn rows_of_completed_calls_survive_kill_9_and_the_chain_continues() {
 
 #[test]
 fn an_unwritable_audit_dir_stops_the_gateway_at_start() {
+    let _serial = SERIAL.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "x").unwrap();
@@ -271,6 +279,7 @@ fn an_unwritable_audit_dir_stops_the_gateway_at_start() {
 
 #[tokio::test]
 async fn a_client_that_leaves_mid_stream_is_audited_with_what_it_received() {
+    let _serial = SERIAL.lock().await;
     let mock = start_mock(&["--chunk-delay-ms", "100", "--chunk-size", "2"]);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("audit");
