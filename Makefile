@@ -4,7 +4,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/tappass/target
 export CARGO_TARGET_DIR
 
-.PHONY: setup build run test lint fmt bench
+.PHONY: setup build run test lint fmt bench bench-memory bench-micro
 
 setup:
 	@bash scripts/setup-debian.sh
@@ -30,6 +30,19 @@ test: build
 bench: setup
 	cargo build --release -p tappass-dataplane -p tappass-benches --bins
 	$(CARGO_TARGET_DIR)/release/tappass-bench $(BENCH_ARGS)
+
+## Memory of TapPass and the Pingora pass-through each holding 1,000
+## concurrent slow streams (about 35 s); results in benches/results/memory.*.
+bench-memory: setup
+	cargo build --release -p tappass-dataplane -p tappass-benches --bins
+	$(CARGO_TARGET_DIR)/release/tappass-bench --memory $(BENCH_ARGS)
+
+## Criterion micro-benchmarks (a few minutes); summary in
+## benches/results/micro.md. One of them: MICRO=detectors (or tokens, rego,
+## snapshot, audit).
+MICRO ?= detectors tokens rego snapshot audit
+bench-micro: setup
+	for b in $(MICRO); do cargo bench -p tappass-benches --bench $$b || exit 1; done
 
 lint: setup
 	cargo fmt --all -- --check

@@ -9,6 +9,8 @@ const PROTOS: &[&str] = &[
     "envoy/service/discovery/v3/discovery.proto",
     "tappass/v1/envelope.proto",
     "tappass/v1/resources.proto",
+    "tappass/v1/reports.proto",
+    "tappass/v1/budgets.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

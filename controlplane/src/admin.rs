@@ -1,6 +1,7 @@
 //! The admin API (HTTP/JSON). Everything under `/v1/` needs
-//! `Authorization: Bearer <admin token>` except `POST /v1/tokens/verify`;
-//! `GET /.well-known/jwks.json` and `GET /healthz` are public.
+//! `Authorization: Bearer <admin token>` except `POST /v1/tokens/verify`
+//! and `GET /v1/audit/jwks` (public keys); `GET /.well-known/jwks.json` and
+//! `GET /healthz` are public.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -111,6 +112,11 @@ pub fn router(cp: ControlPlane) -> Router {
         .route("/v1/token-keys/rotate", post(rotate_keys))
         .route("/v1/snapshot-key", get(snapshot_key))
         .route("/v1/credentials", get(list_credentials))
+        .route("/v1/budgets", get(budgets))
+        .route("/v1/gateways", get(list_gateways))
+        .route("/v1/gateways/{id}", get(get_gateway))
+        .route("/v1/gateways/{id}/audit-key/rotate", post(rotate_audit_key))
+        .route("/v1/gateways/{id}/reenroll", post(reenroll_gateway))
         .route(
             "/v1/credentials/{name}",
             put(put_credential).delete(delete_credential),
@@ -119,6 +125,7 @@ pub fn router(cp: ControlPlane) -> Router {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/tokens/verify", post(verify_token))
+        .route("/v1/audit/jwks", get(audit_jwks))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(admin)
         .fallback(|| async {
@@ -235,6 +242,31 @@ async fn token_keys(State(cp): State<ControlPlane>) -> ApiResult {
 
 async fn rotate_keys(State(cp): State<ControlPlane>) -> ApiResult {
     ok(blocking(move || cp.rotate_token_keys()).await?)
+}
+
+async fn audit_jwks(State(cp): State<ControlPlane>) -> ApiResult {
+    let v = blocking(move || cp.audit_jwks()).await?;
+    Ok(([(header::CACHE_CONTROL, "no-cache")], Json(v)).into_response())
+}
+
+async fn budgets(State(cp): State<ControlPlane>) -> ApiResult {
+    ok(cp.inner.leases.report())
+}
+
+async fn list_gateways(State(cp): State<ControlPlane>) -> ApiResult {
+    ok(blocking(move || cp.gateways()).await?)
+}
+
+async fn get_gateway(State(cp): State<ControlPlane>, Path(id): Path<String>) -> ApiResult {
+    ok(blocking(move || cp.gateway(&id)).await?)
+}
+
+async fn rotate_audit_key(State(cp): State<ControlPlane>, Path(id): Path<String>) -> ApiResult {
+    ok(blocking(move || cp.rotate_audit_key(&id)).await?)
+}
+
+async fn reenroll_gateway(State(cp): State<ControlPlane>, Path(id): Path<String>) -> ApiResult {
+    ok(blocking(move || cp.reenroll_gateway(&id)).await?)
 }
 
 async fn snapshot_key(State(cp): State<ControlPlane>) -> ApiResult {

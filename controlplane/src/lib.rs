@@ -15,8 +15,10 @@
 //! ```
 
 pub mod admin;
+pub mod budget_leases;
 pub mod crypto;
 pub mod error;
+pub mod fleet;
 mod plane;
 pub mod records;
 mod store;
@@ -135,7 +137,14 @@ impl ControlPlane {
             }
         }
         let ads = self.ads().clone();
-        let xds = ads.serve(bound.xds, stopped(rx.clone()));
+        let reports = tappass_xds::ReportsServer::new(std::sync::Arc::new(fleet::ReportService(
+            self.clone(),
+        )));
+        let leases = tappass_xds::budgets::LeasesServer::new(std::sync::Arc::new(
+            budget_leases::LeaseService(self.clone()),
+        ));
+        let xds =
+            ads.serve_with_reports_and_leases(bound.xds, reports, leases, stopped(rx.clone()));
         let app = admin::router(self.clone());
         let admin = axum::serve(bound.admin, app).with_graceful_shutdown(stopped(rx.clone()));
         let cp = self.clone();

@@ -116,7 +116,10 @@ struct Mutable {
 pub(crate) struct Inner {
     pub(crate) data_dir: PathBuf,
     pub(crate) opts: Options,
-    store: Store,
+    pub(crate) store: Store,
+    pub(crate) fleet: crate::fleet::FleetLock,
+    /// Leases of budget limits shared by the gateways.
+    pub(crate) leases: crate::budget_leases::Leases,
     master: MasterKey,
     pub(crate) cache: Arc<SnapshotCache>,
     pub(crate) ads: AdsServer,
@@ -218,6 +221,8 @@ impl ControlPlane {
                 data_dir: data_dir.to_path_buf(),
                 opts,
                 store,
+                fleet: Default::default(),
+                leases: Default::default(),
                 master,
                 cache,
                 ads,

@@ -83,6 +83,14 @@ impl Store {
         Ok(())
     }
 
+    /// Applies a batch without waiting for the disk: it survives a crash of
+    /// the process, not necessarily a power loss (for records that are
+    /// re-sent anyway, such as reported chain heads).
+    pub fn commit_unsynced(&self, batch: Batch) -> Result<()> {
+        self.db.write(batch.inner)?;
+        Ok(())
+    }
+
     /// Flushes the memtable to SST files (used at shutdown).
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;

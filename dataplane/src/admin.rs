@@ -19,6 +19,80 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
     audit: Option<Arc<AuditSink>>,
+    budgets: Option<Budgets>,
+}
+
+/// The ledger and the live state whose rules it is reported against.
+struct Budgets {
+    ledger: Arc<tappass_budget::Ledger>,
+    state: Arc<arc_swap::ArcSwap<crate::gateway::GatewayState>>,
+}
+
+impl Budgets {
+    /// Every limit's spent, reserved and remaining, after the counters
+    /// reported are on disk.
+    fn report(&self) -> Vec<tappass_budget::ReportLine> {
+        let state = self.state.load();
+        let Some(policy) = &state.budgets else {
+            return Vec::new();
+        };
+        self.ledger.sync();
+        self.ledger.report(&policy.rules)
+    }
+
+    fn json(&self) -> Bytes {
+        let body = serde_json::json!({
+            "time_zone": self.ledger.clock().time_zone(),
+            "persistent": self.ledger.is_persistent(),
+            "limits": self.report(),
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// Prometheus gauges per scope and limit.
+    fn metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let lines = self.report();
+        if lines.is_empty() {
+            return;
+        }
+        let esc = |v: &str| {
+            v.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        for (name, help) in [
+            (
+                "tappass_budget_limit",
+                "Limit of a budget scope in its window.",
+            ),
+            ("tappass_budget_used", "Spent in the current window."),
+            ("tappass_budget_reserved", "Reserved by calls in flight."),
+            ("tappass_budget_remaining", "Left in the current window."),
+            (
+                "tappass_budget_resets_at_seconds",
+                "Unix time the window resets.",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for l in &lines {
+                let v = match name {
+                    "tappass_budget_limit" => l.max as i64,
+                    "tappass_budget_used" => l.used as i64,
+                    "tappass_budget_reserved" => l.reserved as i64,
+                    "tappass_budget_remaining" => l.remaining as i64,
+                    _ => l.resets_at,
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{scope=\"{}\",limit=\"{}\",unit=\"{}\"}} {v}",
+                    esc(&l.scope),
+                    esc(&l.limit),
+                    l.metric.as_str()
+                );
+            }
+        }
+    }
 }
 
 impl Admin {
@@ -31,7 +105,18 @@ impl Admin {
             metrics,
             lifecycle,
             audit,
+            budgets: None,
         }
+    }
+
+    /// Serve `/budgets` and budget gauges from this ledger.
+    pub fn with_budgets(
+        mut self,
+        ledger: Arc<tappass_budget::Ledger>,
+        state: Arc<arc_swap::ArcSwap<crate::gateway::GatewayState>>,
+    ) -> Admin {
+        self.budgets = Some(Budgets { ledger, state });
+        self
     }
 
     fn answer(&self, method: &str, path: &str, shutting_down: bool) -> (u16, &'static str, Bytes) {
@@ -48,11 +133,20 @@ impl Admin {
                 (503, "text/plain", Bytes::from_static(b"draining\n"))
             }
             "/readyz" => (200, "text/plain", Bytes::from_static(b"ready\n")),
-            "/metrics" => (
-                200,
-                "text/plain; version=0.0.4",
-                Bytes::from(self.metrics.render()),
-            ),
+            "/metrics" => {
+                let mut text = self.metrics.render();
+                if let Some(b) = &self.budgets {
+                    let mut gauges = String::new();
+                    b.metrics(&mut gauges);
+                    text.extend_from_slice(gauges.as_bytes());
+                }
+                (200, "text/plain; version=0.0.4", Bytes::from(text))
+            }
+            // Spent, reserved and remaining per scope and limit.
+            "/budgets" => match &self.budgets {
+                Some(b) => (200, "application/json", b.json()),
+                None => (404, "text/plain", Bytes::from_static(b"budgets are off\n")),
+            },
             // The audit chain head, so that an auditor can see nothing was
             // cut off the end of this gateway's log.
             "/audit/head" => match &self.audit {

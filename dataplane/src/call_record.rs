@@ -39,6 +39,10 @@ pub struct CallRecord {
     pub bytes_released_before_block: Option<u64>,
     pub prompt: Option<String>,
     pub response: Option<String>,
+    /// What the call holds of its budgets until it settles.
+    pub budget: Option<crate::budget::CallBudget>,
+    /// The call's cost, once settled.
+    pub cost_micro_dollars: Option<u64>,
     /// The call is on an LLM endpoint and gets an audit row.
     pub governed: bool,
     pub audited: bool,
@@ -78,6 +82,8 @@ impl CallRecord {
             bytes_released_before_block: None,
             prompt: None,
             response: None,
+            budget: None,
+            cost_micro_dollars: None,
             governed: false,
             audited: false,
         }
@@ -142,6 +148,7 @@ impl CallRecord {
             output_tokens: u.output_tokens,
             cached_input_tokens: u.cached_input_tokens,
         });
+        r.cost_usd = self.cost_micro_dollars.map(|m| m as f64 / 1_000_000.0);
         r.latency = Latency {
             total_ms: ms(self.started, now),
             upstream_ms: self

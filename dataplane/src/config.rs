@@ -1,7 +1,7 @@
 //! Gateway configuration: YAML, strict (`deny_unknown_fields`), validated at
 //! start with errors that name the file, the key and the problem.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -76,6 +76,10 @@ pub struct Config {
     /// (unless the control plane pushes a policy for the caller's agent).
     #[serde(default)]
     pub guardrails: Option<GuardrailsConfig>,
+    /// Budgets and rate limits per org, project, agent and API key. Off
+    /// when absent (unless a pushed policy sets an agent's budget).
+    #[serde(default)]
+    pub budgets: Option<BudgetsConfig>,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
 }
@@ -145,6 +149,120 @@ pub struct GuardrailsConfig {
     /// from the request.
     #[serde(default)]
     pub tools_deny: Vec<String>,
+    /// Governance of the tool calls the model returns (defaults apply when
+    /// absent; see `tool_governance`).
+    #[serde(default)]
+    pub tools: Option<ToolsConfig>,
+}
+
+/// The `guardrails.tools:` section: checks on the tool calls a model emits
+/// and on `/v1/tools/check`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// `block` (default) refuses a failing tool call, `log` only records it,
+    /// `off` turns tool-call governance off.
+    #[serde(default = "default_block")]
+    pub action: GuardAction,
+    /// Globs of tool names (or catalog ids) the model may call; absent: any.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Globs of tool names (or catalog ids) the model may not call (added to
+    /// `tools_deny`).
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Catalog capabilities no called tool may exercise.
+    #[serde(default)]
+    pub denied_categories: Vec<String>,
+    /// Access per data schema: `customers: [read, write]`, `pii_archive: []`.
+    #[serde(default)]
+    pub schemas: std::collections::BTreeMap<String, Vec<String>>,
+    /// Ceilings and destination lists per catalog tool.
+    #[serde(default)]
+    pub constraints: std::collections::BTreeMap<String, ToolConstraintConfig>,
+    /// A tool the catalog does not know: `block` (default), `log` or `off`.
+    #[serde(default = "default_block")]
+    pub discovery: GuardAction,
+    /// Check arguments against the tool's declared JSON schema.
+    #[serde(default = "default_true")]
+    pub validate_arguments: bool,
+    #[serde(default)]
+    pub loop_guard: LoopGuardConfig,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        ToolsConfig {
+            action: GuardAction::Block,
+            allow: None,
+            deny: Vec::new(),
+            denied_categories: Vec::new(),
+            schemas: Default::default(),
+            constraints: Default::default(),
+            discovery: GuardAction::Block,
+            validate_arguments: true,
+            loop_guard: LoopGuardConfig::default(),
+        }
+    }
+}
+
+/// Constraints on one catalog tool, bound to the catalog's argument slots.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConstraintConfig {
+    #[serde(default)]
+    pub max_amount: Option<u64>,
+    #[serde(default)]
+    pub allowed_destinations: Option<Vec<String>>,
+    #[serde(default)]
+    pub denied_destinations: Vec<String>,
+    #[serde(default)]
+    pub max_content_bytes: Option<u64>,
+}
+
+/// Repeated and runaway tool calls within a session (0 turns a limit off).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopGuardConfig {
+    /// The same tool with the same arguments at most this many times.
+    #[serde(default = "default_max_repeats")]
+    pub max_repeats: u32,
+    /// At most this many destructive calls in a row.
+    #[serde(default = "default_max_destructive")]
+    pub max_destructive_in_a_row: u32,
+    /// At most this many tool calls in one model response.
+    #[serde(default = "default_max_per_turn")]
+    pub max_tool_calls_per_turn: u32,
+    /// A session idle this long is forgotten (an ended one too).
+    #[serde(default = "default_session_idle")]
+    pub session_idle_seconds: u64,
+}
+
+impl Default for LoopGuardConfig {
+    fn default() -> Self {
+        LoopGuardConfig {
+            max_repeats: default_max_repeats(),
+            max_destructive_in_a_row: default_max_destructive(),
+            max_tool_calls_per_turn: default_max_per_turn(),
+            session_idle_seconds: default_session_idle(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_repeats() -> u32 {
+    5
+}
+fn default_max_destructive() -> u32 {
+    10
+}
+fn default_max_per_turn() -> u32 {
+    20
+}
+fn default_session_idle() -> u64 {
+    3600
 }
 
 fn default_block() -> GuardAction {
@@ -168,6 +286,7 @@ impl Default for GuardrailsConfig {
             response_secrets: GuardAction::Redact,
             response_pii: GuardAction::Redact,
             tools_deny: Vec::new(),
+            tools: None,
         }
     }
 }
@@ -533,6 +652,121 @@ fn d_leeway() -> u64 {
     5
 }
 
+/// Budgets and rate limits (see `policies/pricing/README.md` for prices).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsConfig {
+    /// IANA time zone of the calendar windows (days, months).
+    #[serde(default = "d_time_zone")]
+    pub time_zone: String,
+    /// RocksDB directory of the counters. Absent: counters are kept in
+    /// memory and start from zero after a restart.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Output cap reserved for a call that names none; the gateway then
+    /// sets it on the request so that the provider enforces it too.
+    #[serde(default = "d_default_max_tokens")]
+    pub default_max_tokens: u64,
+    /// Org of callers whose credential names none.
+    #[serde(default)]
+    pub default_org: Option<String>,
+    /// Price overrides and additions: model pattern → dollars per 1M tokens.
+    #[serde(default)]
+    pub prices: BTreeMap<String, tappass_policies::pricing::Price>,
+    /// Scope (`org:NAME`, `project:NAME`, `agent:NAME`, `api_key:NAME`;
+    /// `NAME` may be `*` for each one separately) → its limits.
+    #[serde(default)]
+    pub scopes: BTreeMap<String, ScopeLimitsConfig>,
+    /// Share day and month limits with the other gateways of the control
+    /// plane (needs `control_plane`).
+    #[serde(default)]
+    pub fleet: Option<FleetBudgetsConfig>,
+}
+
+/// Limits shared by every gateway of a control plane, spent within leases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetBudgetsConfig {
+    /// Scopes whose day and month limits are shared (`org:*`, `project:x`).
+    pub scopes: Vec<String>,
+    /// A lease renewal asks for this fraction of the limit.
+    #[serde(default = "d_lease_fraction")]
+    pub lease_fraction: f64,
+    /// Leases are renewed this often, and whenever one runs short.
+    #[serde(default = "d_renew_ms")]
+    pub renew_every_ms: u64,
+    /// A call whose lease runs short waits this long for a renewal before
+    /// it is refused.
+    #[serde(default = "d_wait_for_lease_ms")]
+    pub wait_for_lease_ms: u64,
+    /// Leases held give back what is unspent after this long without a call.
+    #[serde(default = "d_release_idle_ms")]
+    pub release_idle_ms: u64,
+    #[serde(default)]
+    pub on_unreachable: OnLeaseUnreachable,
+}
+
+fn d_lease_fraction() -> f64 {
+    0.05
+}
+fn d_renew_ms() -> u64 {
+    1000
+}
+fn d_wait_for_lease_ms() -> u64 {
+    250
+}
+fn d_release_idle_ms() -> u64 {
+    30_000
+}
+
+/// What a gateway does with shared limits while the control plane is out
+/// of reach.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLeaseUnreachable {
+    /// Keep spending the leases it holds, then refuse.
+    #[default]
+    WithinLease,
+    /// Refuse calls on shared limits at once.
+    Refuse,
+}
+
+fn d_time_zone() -> String {
+    "UTC".into()
+}
+fn d_default_max_tokens() -> u64 {
+    4096
+}
+
+/// The limits of one scope.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeLimitsConfig {
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default)]
+    pub dollars_per_month: Option<f64>,
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tool_calls_per_minute: Option<u64>,
+    /// Ceilings for calls to models matching a pattern.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelLimitsConfig>,
+}
+
+/// Per-model ceilings within a scope.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimitsConfig {
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default)]
+    pub dollars_per_month: Option<f64>,
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
@@ -746,6 +980,15 @@ impl Config {
                         "must be 64 hex digits (an Ed25519 public key)".into(),
                     ));
                 }
+            }
+        }
+        if let Some(b) = &self.budgets {
+            crate::budget::validate(b).map_err(|(key, problem)| err(key, problem))?;
+            if b.fleet.is_some() && self.control_plane.is_none() {
+                return Err(err(
+                    "budgets.fleet".into(),
+                    "shared limits need a control plane (the `control_plane` section)".into(),
+                ));
             }
         }
         if let Some(a) = &self.audit {

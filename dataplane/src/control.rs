@@ -485,4 +485,11 @@ impl ControlLink {
     pub fn status(&self) -> Option<tappass_xds::ClientStatus> {
         self.handle.as_ref().map(|h| h.status())
     }
+
+    /// The channel of the current ADS session, for the gateway's reports.
+    pub fn channel_watch(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<Option<tappass_xds::Channel>>> {
+        self.handle.as_ref().map(|h| h.channel_watch())
+    }
 }

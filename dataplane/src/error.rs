@@ -45,14 +45,23 @@ pub enum GatewayError {
     AuditUnavailable(String),
     #[error("{reason}")]
     GuardrailDenied {
-        /// `secret_blocked`, `pii_blocked`, `prompt_injection`, `tool_denied`.
+        /// `secret_blocked`, `pii_blocked`, `prompt_injection`, `tool_denied`,
+        /// `loop_guard`.
         code: &'static str,
         reason: String,
     },
     #[error("guardrail step `{step}` could not run: {reason}")]
     GuardrailFailed { step: &'static str, reason: String },
+    /// A scope's budget or rate limit cannot cover the call.
+    #[error("{0}")]
+    BudgetExceeded(Box<tappass_budget::Exceeded>),
+    /// A stream's output reached what the call had reserved.
+    #[error("the response reached the {reserved} output tokens reserved for this call ({counted} counted); the stream was ended")]
+    OutputBudgetReached { reserved: u64, counted: u64 },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("the tool call is allowed, but this gateway has no tool executor configured; run the tool yourself after `POST /v1/tools/check`")]
+    ToolExecutorUnavailable,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -86,6 +95,8 @@ impl GatewayError {
             | GatewayError::AuditUnavailable(_)
             | GatewayError::ConfigurationStale(_) => 503,
             GatewayError::Internal(_) | GatewayError::GuardrailFailed { .. } => 500,
+            GatewayError::ToolExecutorUnavailable => 501,
+            GatewayError::BudgetExceeded(_) | GatewayError::OutputBudgetReached { .. } => 429,
         }
     }
 
@@ -110,9 +121,26 @@ impl GatewayError {
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
             GatewayError::ConfigurationStale(_) => "configuration_stale",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::ToolExecutorUnavailable => "tool_executor_unavailable",
             GatewayError::GuardrailDenied { code, .. } => code,
             GatewayError::GuardrailFailed { .. } => "guardrail_failed",
             GatewayError::Internal(_) => "internal_error",
+            GatewayError::BudgetExceeded(e) => match e.metric {
+                tappass_budget::Metric::Tokens => "token_budget_exceeded",
+                tappass_budget::Metric::MicroDollars => "dollar_budget_exceeded",
+                tappass_budget::Metric::Requests | tappass_budget::Metric::ToolCalls => {
+                    "rate_limited"
+                }
+            },
+            GatewayError::OutputBudgetReached { .. } => "token_budget_exceeded",
+        }
+    }
+
+    /// Seconds a refused caller should wait (`retry-after`).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::BudgetExceeded(e) => Some(e.retry_after),
+            _ => None,
         }
     }
 

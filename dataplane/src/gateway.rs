@@ -43,6 +43,8 @@ pub struct GatewayState {
     pub policies: std::collections::BTreeMap<String, crate::control::PushedPolicy>,
     /// Guardrails per agent, built with the state (never per call).
     pub pipeline: Arc<Pipeline>,
+    /// Budget rules (config plus pushed agent budgets), built with the state.
+    pub budgets: Option<Arc<crate::budget::BudgetPolicy>>,
 }
 
 impl GatewayState {
@@ -79,8 +81,11 @@ impl GatewayState {
             config.guardrails.as_ref(),
             &pushed.policies,
         )?);
+        let budgets =
+            crate::budget::BudgetPolicy::build(config.budgets.as_ref(), &pushed.policies)?;
         Ok(GatewayState {
             pipeline,
+            budgets,
             router,
             keys,
             tokens,
@@ -98,6 +103,10 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     lifecycle: Arc<crate::server::Lifecycle>,
     audit: Option<Arc<AuditSink>>,
+    /// Budget counters; they outlive state swaps.
+    ledger: Arc<tappass_budget::Ledger>,
+    /// Leases of limits shared with the fleet.
+    fleet: Option<Arc<crate::budget_fleet::FleetLeases>>,
     server_options: HttpServerOptions,
     seq: AtomicU64,
     epoch: u64,
@@ -140,6 +149,10 @@ impl Gateway {
             metrics,
             lifecycle,
             audit,
+            ledger: tappass_budget::Ledger::in_memory(
+                tappass_budget::Clock::new("UTC").expect("UTC is always known"),
+            ),
+            fleet: None,
             server_options,
             seq: AtomicU64::new(0),
             epoch: std::time::SystemTime::now()
@@ -147,6 +160,19 @@ impl Gateway {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         }
+    }
+
+    /// Keep budget counters in `ledger` (persisted, in the configured time
+    /// zone) instead of the default in-memory UTC ledger.
+    pub fn with_ledger(mut self, ledger: Arc<tappass_budget::Ledger>) -> Gateway {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Spend shared limits within leases renewed by `fleet`.
+    pub fn with_fleet(mut self, fleet: Arc<crate::budget_fleet::FleetLeases>) -> Gateway {
+        self.fleet = Some(fleet);
+        self
     }
 
     fn next_request_id(&self) -> String {
@@ -194,6 +220,11 @@ impl Gateway {
             }
             let body = models_body(&state.router, style);
             return self.respond_json(session, rec, 200, body, &[]).await;
+        }
+
+        if trimmed == "/v1/tools/check" || trimmed == "/v1/tools/execute" {
+            let execute = trimmed.ends_with("execute");
+            return self.tools_api(session, rec, &state, execute).await;
         }
 
         let Some(endpoint) = Endpoint::from_path(&path) else {
@@ -306,6 +337,19 @@ impl Gateway {
                 Err(e) => return self.respond_error(session, rec, &e, style, true).await,
             }
         }
+        let session_header = session
+            .get_header(crate::tool_governance::SESSION_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let tool_gate = match crate::tool_governance::gate_for_call(
+            guard.as_ref(),
+            &call,
+            &caller,
+            session_header,
+            rec,
+        ) {
+            Ok(t) => t,
+            Err(e) => return self.respond_error(session, rec, &e, style, true).await,
+        };
         if self.audit.as_ref().is_some_and(|a| a.store_content) {
             rec.prompt = Some(if call.is_rewritten() {
                 serde_json::Value::Object(call.body().clone()).to_string()
@@ -362,6 +406,24 @@ impl Gateway {
             "config:models",
             json!({"model": call.model, "targets": route}),
         );
+        if let Some(policy) = &state.budgets {
+            let upstream_model = targets[0].upstream_model.as_deref();
+            let fleet = self.fleet.as_deref();
+            match crate::budget::reserve(
+                &self.ledger,
+                fleet,
+                policy,
+                &caller,
+                &mut call,
+                upstream_model,
+                rec,
+            )
+            .await
+            {
+                Ok(b) => rec.budget = Some(b),
+                Err(e) => return self.respond_error(session, rec, &e, style, true).await,
+            }
+        }
         tracing::debug!(request_id = %rec.request_id, agent = %caller.agent, model = %call.model, "call accepted");
 
         let added_usage = std::sync::atomic::AtomicBool::new(false);
@@ -397,6 +459,9 @@ impl Gateway {
             }
         };
         rec.provider = resp.provider.name.clone();
+        if let Some(b) = rec.budget.as_mut() {
+            b.upstream_status = Some(resp.header.status.as_u16());
+        }
         rec.step("call_upstream", "allow", "network", "config:providers", json!({"provider": resp.provider.name, "upstream_model": resp.upstream_model, "status": resp.header.status.as_u16()}));
         let is_sse = resp
             .header
@@ -407,6 +472,9 @@ impl Gateway {
         let ok = resp.header.status.is_success();
         if ok && is_sse {
             let mut hooks: Vec<Box<dyn StreamHook>> = Vec::new();
+            if let Some(b) = &rec.budget {
+                hooks.push(Box::new(b.meter()));
+            }
             let strip_usage = added_usage.load(Ordering::Relaxed);
             let mut stream_guard = None;
             match guard.as_ref().filter(|g| g.checks_responses()) {
@@ -437,12 +505,17 @@ impl Gateway {
                 None if strip_usage => hooks.push(Box::new(StripInjectedUsage)),
                 None => {}
             }
+            let tool_report = tool_gate.as_ref().map(|t| {
+                let (hook, report) = t.stream_hook(endpoint);
+                hooks.insert(0, Box::new(hook));
+                report
+            });
             let limits = RelayLimits {
                 max_hold_bytes: state.limits.max_stream_hold_bytes,
                 ..RelayLimits::default()
             };
             let relay = StreamRelay::new(endpoint, rec.request_id.clone(), hooks, limits);
-            self.relay_stream(session, rec, resp, relay, stream_guard)
+            self.relay_stream(session, rec, resp, relay, stream_guard, tool_report)
                 .await
         } else {
             let max = state.limits.max_response_body_bytes;
@@ -453,6 +526,9 @@ impl Gateway {
             rec.upstream_ended = Some(Instant::now());
             if ok {
                 rec.usage = usage_from_body(endpoint, &body);
+                if let Some(b) = &rec.budget {
+                    b.count_tool_calls(endpoint, &body);
+                }
             }
             let mut body = body;
             if let (true, Some(g)) = (ok, guard.as_ref().filter(|g| g.checks_responses())) {
@@ -467,6 +543,12 @@ impl Gateway {
                         upstream::release(&self.connector, resp).await;
                         return self.respond_error(session, rec, &e, style, true).await;
                     }
+                }
+            }
+            if let (true, Some(t)) = (ok, tool_gate.as_ref()) {
+                if let Err(e) = t.check_body(endpoint, &body, rec) {
+                    upstream::release(&self.connector, resp).await;
+                    return self.respond_error(session, rec, &e, style, true).await;
                 }
             }
             if rec.prompt.is_some() {
@@ -495,6 +577,7 @@ impl Gateway {
         mut resp: UpstreamResponse,
         mut relay: StreamRelay,
         guard: Option<(Arc<Guardrails>, Arc<std::sync::Mutex<StreamReport>>)>,
+        tool_report: Option<Arc<std::sync::Mutex<crate::tool_governance::ToolReport>>>,
     ) -> bool {
         let status = resp.header.status.as_u16();
         rec.status = status;
@@ -552,6 +635,9 @@ impl Gateway {
                     let report = report.lock().unwrap_or_else(|e| e.into_inner());
                     report.record(g, rec);
                 }
+                if let Some(t) = &tool_report {
+                    t.lock().unwrap_or_else(|e| e.into_inner()).record(rec);
+                }
                 // The stream's last bytes wait until its audit row is durable.
                 rec.upstream_ended = Some(Instant::now());
                 let usage = relay.usage();
@@ -605,6 +691,63 @@ impl Gateway {
         session.finish_body().await.is_ok() && clean
     }
 
+    /// `POST /v1/tools/check` and `/v1/tools/execute`: tool governance for
+    /// callers that run tools themselves (answers in the OpenAI format).
+    async fn tools_api(
+        &self,
+        session: &mut ServerSession,
+        rec: &mut CallRecord,
+        state: &GatewayState,
+        execute: bool,
+    ) -> bool {
+        rec.endpoint = if execute {
+            "tools_execute"
+        } else {
+            "tools_check"
+        };
+        rec.governed = true;
+        let style = ErrorStyle::OpenAi;
+        if let Some(why) = self.link.as_ref().and_then(|l| l.refuses_calls()) {
+            let e = GatewayError::ConfigurationStale(why);
+            let at = ("check_configuration", "identity", "control_plane");
+            return self.deny(session, rec, at, &e, style, false).await;
+        }
+        if session.req_header().method != Method::POST {
+            let e = GatewayError::MethodNotAllowed {
+                method: session.req_header().method.to_string(),
+                path: session.req_header().uri.path().to_string(),
+            };
+            return self.respond_error(session, rec, &e, style, false).await;
+        }
+        let caller = match authenticate(state, session) {
+            Ok(c) => c,
+            Err(e) => {
+                let at = ("verify_identity", "identity", "config:api_keys,tokens");
+                return self.deny(session, rec, at, &e, style, false).await;
+            }
+        };
+        rec.agent = Some(caller.agent.clone());
+        rec.sandbox = caller.sandbox.clone();
+        rec.policy_version = state.policies.get(&caller.agent).map(|p| p.version);
+        let body = match read_request_body(session, state.limits.max_request_body_bytes).await {
+            Ok(b) => b,
+            Err((e, keepalive)) => {
+                return self.respond_error(session, rec, &e, style, keepalive).await
+            }
+        };
+        let header = session
+            .get_header(crate::tool_governance::SESSION_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let guard = state.pipeline.for_agent(&caller.agent);
+        match crate::tool_governance::tools_api(guard, &caller, header, &body, execute, rec) {
+            Ok(v) => {
+                let body = Bytes::from(v.to_string());
+                self.respond_json(session, rec, 200, body, &[]).await
+            }
+            Err(e) => self.respond_error(session, rec, &e, style, true).await,
+        }
+    }
+
     /// Record `step`'s deny (aspect, provenance) with the error's code and
     /// answer with the error.
     async fn deny(
@@ -641,10 +784,13 @@ impl Gateway {
             session.set_keepalive(None);
         }
         let r = err.render(style);
-        let headers = [(
+        let mut headers = vec![(
             "x-tappass-error-code".to_string(),
             err.code().as_bytes().to_vec(),
         )];
+        if let Some(secs) = err.retry_after() {
+            headers.push(("retry-after".to_string(), secs.to_string().into_bytes()));
+        }
         self.respond_bytes(session, rec, r.status, r.body, &headers)
             .await
             && keepalive
@@ -709,6 +855,10 @@ impl Gateway {
     /// Write the call's audit row; with `durability: before_response`, wait
     /// until it is on disk.
     async fn seal_audit(&self, rec: &mut CallRecord) -> Result<(), GatewayError> {
+        // The call's budget settles first, so that its cost is in the row.
+        if let Some(b) = rec.budget.take() {
+            rec.cost_micro_dollars = b.settle(rec.usage, rec.stream, rec.error.is_none());
+        }
         let Some(sink) = &self.audit else {
             return Ok(());
         };

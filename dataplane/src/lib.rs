@@ -10,6 +10,8 @@
 //! - [`auth`]: gateway API keys.
 //! - [`call_record`]: what the gateway knows about one call.
 //! - [`audit_sink`]: writing each call's audit row to the audit WAL.
+//! - [`budget`]: budget rules per state, reservations before the upstream call, the stream meter, settlement.
+//! - [`budget_fleet`]: leases of limits shared with the fleet, renewed from the control plane.
 //! - [`providers`]: providers, credentials, circuit breakers, model routing.
 //! - [`control`]: the control-plane link: verified xDS updates, hot swap, persistence, staleness.
 //! - [`local_policy`]: standalone mode: signed policies from a watched directory.
@@ -22,6 +24,8 @@
 pub mod admin;
 pub mod audit_sink;
 pub mod auth;
+pub mod budget;
+pub mod budget_fleet;
 pub mod call_record;
 pub mod config;
 pub mod control;
@@ -34,7 +38,9 @@ pub mod mock;
 pub mod pipeline;
 pub mod providers;
 pub mod relay;
+pub mod reports;
 pub mod server;
 pub mod sse;
+pub mod tool_governance;
 pub mod upstream;
 pub mod wire;

@@ -14,6 +14,11 @@
 //! fragment; evidence holds rule ids, categories, counts and scores, never a
 //! detected value. A deny short-circuits with a 403; a step that cannot run
 //! refuses the call (`guardrail_failed`).
+//!
+//! The tool calls the model returns are governed by
+//! [`crate::tool_governance`] with the caller's [`Guardrails::tools`]
+//! (the `guardrails.tools` config, overridden by the Compiled Policy's
+//! `tools`, `capabilities.forbidden` and `tool_guard` / `loop_guard` steps).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,12 +36,13 @@ use crate::error::GatewayError;
 use crate::events::EventInfo;
 use crate::relay::{HoldControl, StreamHook, Verdict};
 use crate::sse::{encode_event, SseFrame};
+use crate::tool_governance::ToolPolicy;
 use crate::wire::{Call, Endpoint};
 
 /// The process-wide rule set (compiling it takes seconds in debug builds).
 static RULES: OnceLock<Result<RuleSet, String>> = OnceLock::new();
 
-fn shared_rules() -> Result<RuleSet, String> {
+pub(crate) fn shared_rules() -> Result<RuleSet, String> {
     RULES
         .get_or_init(|| {
             let cats = Categories {
@@ -61,6 +67,7 @@ const FROM_CONFIG: &str = "config:guardrails";
 const FROM_POLICY: &str = "policy:pipeline";
 
 /// The effective guardrails of one caller.
+#[derive(Clone)]
 pub struct Guardrails {
     pub secrets: StepSetting,
     pub pii: StepSetting,
@@ -71,6 +78,8 @@ pub struct Guardrails {
     pub response_pii: StepSetting,
     pub tools_deny: Vec<String>,
     pub tools_provenance: &'static str,
+    /// Governance of the tool calls the model emits.
+    pub tools: ToolPolicy,
     rules: RuleSet,
 }
 
@@ -79,12 +88,18 @@ fn on(s: StepSetting) -> bool {
 }
 
 impl Guardrails {
-    fn from_config(c: &GuardrailsConfig, rules: RuleSet) -> Guardrails {
+    pub(crate) fn from_config(c: &GuardrailsConfig, rules: RuleSet) -> Result<Guardrails, String> {
         let s = |action| StepSetting {
             action,
             provenance: FROM_CONFIG,
         };
-        Guardrails {
+        let mut tools_deny = c.tools_deny.clone();
+        for d in c.tools.iter().flat_map(|t| t.deny.iter()) {
+            if !tools_deny.contains(d) {
+                tools_deny.push(d.clone());
+            }
+        }
+        Ok(Guardrails {
             secrets: s(c.secrets),
             pii: s(c.pii),
             injection: s(c.injection),
@@ -96,15 +111,16 @@ impl Guardrails {
             },
             response_secrets: s(c.response_secrets),
             response_pii: s(c.response_pii),
-            tools_deny: c.tools_deny.clone(),
+            tools_deny,
             tools_provenance: FROM_CONFIG,
+            tools: ToolPolicy::from_config(c.tools.as_ref())?,
             rules,
-        }
+        })
     }
 
     /// Apply a Compiled Policy document: each pipeline step it lists sets
     /// the action of the matching guardrail; `tools.deny` adds patterns.
-    fn apply_policy(&mut self, document: &str) -> Result<(), String> {
+    pub(crate) fn apply_policy(&mut self, document: &str) -> Result<(), String> {
         let doc: Value = serde_json::from_str(document)
             .map_err(|e| format!("the compiled policy is not valid JSON: {e}"))?;
         // The control plane pushes the signed document `{payload, signature}`
@@ -193,7 +209,7 @@ impl Guardrails {
                 }
             }
         }
-        Ok(())
+        self.tools.apply_policy(doc)
     }
 
     /// Whether any response step runs.
@@ -228,14 +244,17 @@ impl Pipeline {
             return Ok(Pipeline::default());
         }
         let rules = shared_rules().map_err(|e| format!("detector rules: {e}"))?;
-        let base = config.map(|c| Arc::new(Guardrails::from_config(c, rules.clone())));
+        let base = match config {
+            Some(c) => Some(Arc::new(Guardrails::from_config(c, rules.clone())?)),
+            None => None,
+        };
         let mut agents = BTreeMap::new();
         for (agent, p) in policies {
-            let mut g = Guardrails::from_config(
+            let r = Guardrails::from_config(
                 config.unwrap_or(&GuardrailsConfig::all_off()),
                 rules.clone(),
-            );
-            let r = g.apply_policy(&p.document).map(|()| Arc::new(g));
+            )
+            .and_then(|mut g| g.apply_policy(&p.document).map(|()| Arc::new(g)));
             agents.insert(agent.clone(), r);
         }
         Ok(Pipeline { base, agents })
@@ -1111,7 +1130,8 @@ mod tests {
     #[test]
     fn policy_overrides_config() {
         let mut g =
-            Guardrails::from_config(&GuardrailsConfig::all_off(), shared_rules().expect("rules"));
+            Guardrails::from_config(&GuardrailsConfig::all_off(), shared_rules().expect("rules"))
+                .expect("guardrails");
         let doc = json!({"pipeline": [
             {"step": "detect_secrets", "action": "block"},
             {"step": "redact_pii_in_prompt", "action": "redact"},
@@ -1141,7 +1161,9 @@ mod tests {
     #[test]
     fn split_secret_is_redacted_at_every_split() {
         let rules = shared_rules().expect("rules");
-        let g = Arc::new(Guardrails::from_config(&GuardrailsConfig::default(), rules));
+        let g = Arc::new(
+            Guardrails::from_config(&GuardrailsConfig::default(), rules).expect("guardrails"),
+        );
         let text = "key AKIAQWERTYUIOPASDFGH end of the answer";
         for size in 1..=9 {
             let (mut hook, report) =

@@ -208,6 +208,9 @@ impl GatewayServer {
             crate::local_policy::start(local, state.clone(), rebuild)
                 .map_err(ServerError::State)?;
         }
+        let ledger =
+            crate::budget::open_ledger(config.budgets.as_ref()).map_err(ServerError::State)?;
+        let mut fleet = None;
         let (control, control_runtime) = match &config.control_plane {
             None => (None, None),
             Some(cp) => {
@@ -233,17 +236,32 @@ impl GatewayServer {
                         crate::control::ControlLink::start(cp, &node_id, state.clone(), rebuild)
                     })
                     .map_err(ServerError::State)?;
+                if let (Some(sink), Some(ch)) = (&audit, link.channel_watch()) {
+                    rt.spawn(crate::reports::run(ch, sink.clone()));
+                }
+                let shared = config.budgets.as_ref().and_then(|b| b.fleet.clone());
+                if let (Some(cfg), Some(ch)) = (shared, link.channel_watch()) {
+                    let leases =
+                        crate::budget_fleet::FleetLeases::new(ledger.clone(), cfg, node_id.clone());
+                    rt.spawn(leases.clone().run(ch));
+                    fleet = Some(leases);
+                }
                 (Some(link), Some(rt))
             }
         };
         let gateway = Gateway::new(
-            state,
+            state.clone(),
             control.as_ref().map(|l| l.health.clone()),
             metrics.clone(),
             lifecycle.clone(),
             audit.clone(),
             config.h2c,
-        );
+        )
+        .with_ledger(ledger.clone());
+        let gateway = match fleet {
+            Some(f) => gateway.with_fleet(f),
+            None => gateway,
+        };
         let mut service = Service::new("tappass-gateway".into(), gateway);
         match &config.tls {
             Some(tls) => {
@@ -255,7 +273,7 @@ impl GatewayServer {
 
         let mut admin = Service::new(
             "tappass-admin".into(),
-            Admin::new(metrics, lifecycle.clone(), audit),
+            Admin::new(metrics, lifecycle.clone(), audit).with_budgets(ledger, state),
         );
         match &config.admin_tls {
             Some(tls) => admin.add_tls_with_settings(

@@ -76,7 +76,7 @@ async fn signed_local_policies_are_enforced_and_reloaded() {
     let agent_key = "tp-support-emailer-key";
     let gw = Gateway::start_with_keys(
         &format!(
-            "local_policies:\n  dir: {}\n  public_key_file: {}\nproviders:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n",
+            "local_policies:\n  dir: {}\n  public_key_file: {}\nbudgets:\n  prices:\n    m: {{ input: 1.0, output: 2.0 }}\nproviders:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n",
             policies.display(),
             public_file.display(),
             mock.url()

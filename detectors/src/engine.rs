@@ -284,7 +284,13 @@ impl RuleSet {
             }
             // Hyperscan prefilter: the rule's required literals when it has
             // selective ones, else its prefilter / pattern as written.
-            let lits = if spec.prefilter.is_none() && spec.decode.is_none() {
+            // Injection rules are phrases of common words joined by bounded
+            // gaps: their literals alone report on most prose, so Hyperscan
+            // matches the whole pattern and only real matches are confirmed.
+            let lits = if spec.prefilter.is_none()
+                && spec.decode.is_none()
+                && spec.category != Category::Injection
+            {
                 required_literals(&spec.id, &pattern, spec.caseless)?
             } else {
                 None
@@ -698,13 +704,17 @@ impl RuleSet {
         if matches.is_empty() && rule.ahead > 0 && !finished && last + rule.ahead > avail {
             return Confirm::Pending;
         }
+        let mut caps = if rule.value_group && !matches.is_empty() {
+            Some(rule.regex.create_captures())
+        } else {
+            None
+        };
         for m in matches {
             let mut v = m.clone();
-            if rule.value_group {
-                let mut caps = rule.regex.create_captures();
+            if let Some(caps) = caps.as_mut() {
                 rule.regex.search_captures(
                     &Input::new(hay).span(m.clone()).anchored(Anchored::Yes),
-                    &mut caps,
+                    caps,
                 );
                 if let Some(g) = caps.get_group_by_name("v") {
                     v = g.range();
@@ -765,6 +775,16 @@ fn validate(rule: &CompiledRule, hay: &[u8], mut v: Range<usize>) -> Option<Rang
         let sub = validators::run(name, value)?;
         v = v.start + sub.start..v.start + sub.end;
         if v.is_empty() {
+            return None;
+        }
+    }
+    if rule.category == Category::Secret && rule.decode.is_none() {
+        let value = std::str::from_utf8(&hay[v.clone()]).ok()?;
+        let body = match &rule.prefix {
+            Some(p) if value.len() > p.len() && value.starts_with(p.as_str()) => &value[p.len()..],
+            _ => value,
+        };
+        if validators::looks_placeholder(body) || validators::has_placeholder_word(body) {
             return None;
         }
     }
@@ -832,7 +852,10 @@ pub(crate) fn merge(rules: &[CompiledRule], mut v: Vec<Raw>) -> Vec<Raw> {
                 if a.rule == b.rule && a.encoding == b.encoding {
                     // same rule overlapping itself: keep the first (longest)
                     keep[j] = false;
-                } else if b_inside_a && ra.category == rb.category && ra.priority > rb.priority {
+                } else if b_inside_a
+                    && ra.category == rb.category
+                    && (ra.priority > rb.priority || ra.label == rb.label)
+                {
                     keep[j] = false;
                 } else if same_span && ra.category == rb.category && rb.priority > ra.priority {
                     keep[i] = false;

@@ -13,7 +13,14 @@
 //!    the rule's required literals where it has selective ones (extracted
 //!    from the pattern, see [`literals`]), else a short trigger written in
 //!    the rule (`prefilter`), which several rules may share (e.g. a run of
-//!    digits for cards, phones, IBANs and national IDs).
+//!    digits for cards, phones, IBANs and national IDs). Injection rules
+//!    (phrases of common words) are matched by Hyperscan in full, so only
+//!    real matches reach confirmation.
+//!
+//! Every value found by a secret rule is also checked for placeholders
+//! ([`validators::looks_placeholder`], [`validators::has_placeholder_word`]):
+//! variable references, elided or masked values and repetitive strings are
+//! not reported.
 //! 3. Nearby ends are clustered; for a shared trigger one multi-pattern
 //!    regex pass selects the rules that can match; each is confirmed by the
 //!    `regex` engine in the window the literal's position allows

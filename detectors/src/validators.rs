@@ -30,6 +30,8 @@ pub const VALIDATORS: &[&str] = &[
     "url_carries_data",
     "has_digit",
     "mixed_alnum",
+    "not_vendor_token",
+    "phone_national",
 ];
 
 /// Run validator `name` on `value`.
@@ -58,6 +60,8 @@ pub fn run(name: &str, value: &str) -> Option<Range<usize>> {
         "url_carries_data" => ok(url_carries_data(value)),
         "has_digit" => ok(value.bytes().any(|b| b.is_ascii_digit())),
         "mixed_alnum" => ok(mixed_alnum(value)),
+        "not_vendor_token" => ok(!vendor_token(value)),
+        "phone_national" => ok(phone(value) && digits(value).len() >= 9),
         _ => None,
     }
 }
@@ -113,7 +117,8 @@ pub fn card(s: &str) -> bool {
     let brand_ok = match p1 {
         4 => matches!(n, 13 | 16 | 19), // Visa
         5 => (51..=55).contains(&p2) && n == 16 || p2 == 50 || (56..=59).contains(&p2), // MC, Maestro
-        2 => (2221..=2720).contains(&p4) && n == 16, // MC 2-series
+        2 => (2221..=2720).contains(&p4) && n == 16 || p4 == 2131 && n == 15, // MC 2-series, JCB (legacy 15-digit)
+        1 => p4 == 1800 && n == 15, // JCB (legacy 15-digit)
         3 => {
             (p2 == 34 || p2 == 37) && n == 15                           // Amex
                 || (3528..=3589).contains(&p4) && (16..=19).contains(&n) // JCB
@@ -558,6 +563,15 @@ pub fn phone(s: &str) -> bool {
     if groups.len() == 3 && groups[0].len() == 4 && groups[1].len() == 2 && groups[2].len() == 2 {
         return false;
     }
+    // ... dates written day/month/year (03/06/1983, 12.03.1980) and the
+    // US SSN layout 123-45-6789.
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lens.len() == 3 && lens[0] <= 2 && lens[1] <= 2 && lens[2] == 4 && date(main) {
+        return false;
+    }
+    if lens == [3, 2, 4] && main.trim().matches('-').count() == 2 && !main.contains(' ') {
+        return false;
+    }
     true
 }
 
@@ -659,6 +673,9 @@ pub fn not_placeholder(s: &str) -> bool {
     if WORDS.iter().any(|w| lower.contains(w)) {
         return false;
     }
+    if looks_placeholder(s) {
+        return false;
+    }
     let b = s.as_bytes();
     if b.len() >= 4 {
         // the longest run of one character may not exceed a third of the value
@@ -677,6 +694,136 @@ pub fn not_placeholder(s: &str) -> bool {
         }
     }
     true
+}
+
+/// Words that mark a documentation or template value rather than a live
+/// credential (checked case-insensitively on every secret value).
+pub fn has_placeholder_word(s: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "xxxx",
+        "****",
+        "example",
+        "your_",
+        "your-",
+        "placeholder",
+        "redacted",
+        "changeme",
+        "put_",
+    ];
+    let lower = s.to_ascii_lowercase();
+    WORDS.iter().any(|w| lower.contains(w))
+}
+
+/// Structural placeholder test applied to the value of every secret rule
+/// (after the rule's literal prefix): references to variables or templates
+/// (`$VAR`, `$(cmd)`, `[PASSWORD]`, `%VAR%`, `{name}`), elided values
+/// (`..`), and patterns a random token practically never contains: a run of
+/// six identical characters, a twelve-character stretch repeating with a
+/// period of at most seven (`123123…`, `EXAMPLEEXAMPLE`), or fewer than six distinct
+/// characters in a value of sixteen or more. Long values (over 200 bytes,
+/// e.g. base64 of binary key material, where zero runs are normal) are only
+/// checked for references and elision.
+pub fn looks_placeholder(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return true;
+    }
+    if matches!(b[0], b'$' | b'[' | b'%' | b'{' | b'<' | b'#')
+        || s.contains("$(")
+        || s.contains("${")
+        || s.contains("..")
+    {
+        return true;
+    }
+    if b.len() > 200 {
+        return false;
+    }
+    let mut run = 1;
+    for w in b.windows(2) {
+        run = if w[0] == w[1] { run + 1 } else { 1 };
+        if run >= 6 {
+            return true;
+        }
+    }
+    for p in 2..=7usize {
+        let mut same = 0;
+        for i in p..b.len() {
+            same = if b[i] == b[i - p] { same + 1 } else { 0 };
+            if same + p >= 12 {
+                return true;
+            }
+        }
+    }
+    if b.len() >= 16 {
+        let mut seen = [false; 256];
+        let mut distinct = 0;
+        for &c in b {
+            if !seen[c as usize] {
+                seen[c as usize] = true;
+                distinct += 1;
+            }
+        }
+        if distinct < 6 {
+            return true;
+        }
+    }
+    false
+}
+
+/// The value starts with a documented vendor token prefix: such a value is
+/// judged by that vendor's format rule, not by the generic assignment rule.
+pub fn vendor_token(s: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "xoxa-",
+        "xoxb-",
+        "xoxp-",
+        "xoxr-",
+        "xoxs-",
+        "xoxe-",
+        "xapp-",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "glpat-",
+        "glrt-",
+        "gldt-",
+        "glptt-",
+        "sk-",
+        "sk_live_",
+        "sk_test_",
+        "rk_live_",
+        "pk_live_",
+        "AKIA",
+        "ASIA",
+        "AIza",
+        "ops_",
+        "hf_",
+        "api_org_",
+        "npm_",
+        "pypi-",
+        "dop_v1_",
+        "doo_v1_",
+        "shpat_",
+        "shpss_",
+        "SG.",
+        "hvs.",
+        "hvb.",
+        "glc_",
+        "glsa_",
+        "pnu_",
+        "sgp_",
+        "pplx-",
+        "gsk_",
+        "r8_",
+        "xai-",
+        "lsv2_",
+        "pcsk_",
+        "eyJ",
+    ];
+    PREFIXES.iter().any(|p| s.starts_with(p))
 }
 
 /// Value contains letters and digits (random tokens do, words rarely).

@@ -16,6 +16,7 @@ pub mod compiler;
 pub mod error;
 pub mod model;
 pub mod parse;
+pub mod pricing;
 pub mod providers;
 pub mod rego;
 pub mod rules;

@@ -29,6 +29,9 @@ for _var in list(os.environ):
         del os.environ[_var]
 
 GATEWAY_KEY = "tp-sdk-test-key-3f9c1e"
+# Keys of their own for the budget tests, so that their limits touch no
+# other test.
+BUDGET_KEYS = {"budget-rate": "tp-sdk-budget-rate-7a1d", "budget-tokens": "tp-sdk-budget-tokens-52be"}
 PROVIDER_KEY = "sk-provider-test"
 PROVIDER_KEY_ENV = "TAPPASS_TEST_PROVIDER_KEY"
 MAX_BODY = 262144
@@ -236,6 +239,10 @@ class Gateway:
 def gateway_config(port: int, admin_port: int, mock_port: int) -> str:
     upstream = f"http://127.0.0.1:{mock_port}/v1"
     key_hash = hashlib.sha256(GATEWAY_KEY.encode()).hexdigest()
+    budget_keys = "".join(
+        f"  - name: {name}\n    sha256: {hashlib.sha256(key.encode()).hexdigest()}\n"
+        for name, key in BUDGET_KEYS.items()
+    )
     # Providers used by the error tests get a breaker that never opens, so
     # scripted upstream failures cannot affect the other tests.
     never_open = "    circuit_breaker: { failure_threshold: 1000000, cooldown_ms: 1 }\n"
@@ -247,6 +254,10 @@ limits: {{ max_request_body_bytes: {MAX_BODY} }}
 api_keys:
   - name: tests
     sha256: {key_hash}
+{budget_keys}budgets:
+  scopes:
+    api_key:budget-rate: {{ requests_per_minute: 2 }}
+    api_key:budget-tokens: {{ tokens_per_day: 1000000 }}
 providers:
   - name: mock
     kind: openai-compatible

@@ -196,11 +196,13 @@ pub struct AdsClient {
     handler: Arc<dyn UpdateHandler>,
     held: HashMap<String, HeldType>,
     status: watch::Sender<ClientStatus>,
+    channel: watch::Sender<Option<Channel>>,
 }
 
 /// Handle to a running client.
 pub struct ClientHandle {
     status: watch::Receiver<ClientStatus>,
+    channel: watch::Receiver<Option<Channel>>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -214,6 +216,17 @@ impl ClientHandle {
     /// A receiver marked changed on every status change.
     pub fn watch(&self) -> watch::Receiver<ClientStatus> {
         self.status.clone()
+    }
+
+    /// The channel of the current session (while connected), for other
+    /// calls to the same control plane (e.g. [`crate::reports`]).
+    pub fn channel(&self) -> Option<Channel> {
+        self.channel.borrow().clone()
+    }
+
+    /// A receiver of the current session's channel.
+    pub fn channel_watch(&self) -> watch::Receiver<Option<Channel>> {
+        self.channel.clone()
     }
 
     /// Stops the client and waits for its task to end.
@@ -239,6 +252,7 @@ impl AdsClient {
             handler,
             held: HashMap::new(),
             status: watch::channel(ClientStatus::default()).0,
+            channel: watch::channel(None).0,
         }
     }
 
@@ -258,9 +272,11 @@ impl AdsClient {
     pub fn spawn(self) -> ClientHandle {
         let (tx, rx) = watch::channel(false);
         let status = self.status.subscribe();
+        let channel = self.channel.subscribe();
         let task = tokio::spawn(self.run(rx));
         ClientHandle {
             status,
+            channel,
             shutdown: tx,
             task,
         }
@@ -274,6 +290,7 @@ impl AdsClient {
                 return;
             }
             let end = self.session(&mut shutdown).await;
+            self.channel.send_replace(None);
             self.status.send_modify(|s| s.connected = false);
             match end {
                 SessionEnd::Shutdown => return,
@@ -324,6 +341,7 @@ impl AdsClient {
             },
             _ = shutdown.changed() => return SessionEnd::Shutdown,
         };
+        self.channel.send_replace(Some(channel.clone()));
         let client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(self.config.max_response_bytes)
             .max_encoding_message_size(usize::MAX);

@@ -7,12 +7,18 @@
 //! - [`server`]: an `AggregatedDiscoveryService` over a [`server::SnapshotSource`],
 //!   state of the world and delta, with per-node status.
 //! - [`client`]: a subscribing client with ACK/NACK and reconnect.
+//! - [`budgets`]: the `BudgetLeases` service (leases of shared budget
+//!   limits, on the ADS server's port) and its client call.
+//! - [`reports`]: the `GatewayReports` service (gateway → control plane
+//!   reports on the ADS server's port), its signing input and client call.
 //!
 //! The crate knows nothing of policy semantics: payloads are opaque bytes.
 
+pub mod budgets;
 pub mod client;
 pub mod envelope;
 pub mod error;
+pub mod reports;
 pub mod server;
 pub mod types;
 
@@ -33,8 +39,11 @@ pub use client::{
 };
 pub use envelope::{key_id, Expect, SnapshotMeta, SnapshotSigner, SnapshotVerifier, Verified};
 pub use error::{EnvelopeError, XdsError};
+pub use reports::{report_signing_input, send_report, ReportHandler, ReportsServer};
 pub use server::{
     AdsServer, Nack, NodeStatus, Resource, ServerOptions, SnapshotCache, SnapshotSource,
     TypeSnapshot, TypeStatus,
 };
+/// The gRPC channel type of [`ClientHandle::channel`].
+pub use tonic::transport::Channel;
 pub use types::{pack, resource_name, unpack, SignedResource};

@@ -394,6 +394,51 @@ impl AdsServer {
         Ok(())
     }
 
+    /// Serves ADS and the gateway reports service on `listener` (one
+    /// server, one port) until `shutdown` completes.
+    pub async fn serve_with_reports(
+        &self,
+        listener: tokio::net::TcpListener,
+        reports: crate::reports::ReportsServer,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), XdsError> {
+        // Small unary replies must not wait for Nagle's algorithm.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |s| {
+                if let Ok(s) = &s {
+                    let _ = s.set_nodelay(true);
+                }
+                s
+            },
+        );
+        tonic::transport::Server::builder()
+            .add_service(self.service())
+            .add_service(reports.service())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+
+    /// Serves ADS, gateway reports and budget leases on one listener until
+    /// `shutdown` completes.
+    pub async fn serve_with_reports_and_leases(
+        &self,
+        listener: tokio::net::TcpListener,
+        reports: crate::reports::ReportsServer,
+        leases: crate::budgets::LeasesServer,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), XdsError> {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .add_service(self.service())
+            .add_service(reports.service())
+            .add_service(leases.service())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+
     /// Status of every node seen since the server started (connected or
     /// not), sorted by node id.
     pub fn node_status(&self) -> Vec<NodeStatus> {

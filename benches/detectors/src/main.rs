@@ -39,6 +39,26 @@ fn main() -> Result<()> {
     if what == "quality" || what == "all" {
         secrets_quality(&rs, &shared)?;
         injection_quality(&rs, &corpora, &here)?;
+        pii_quality(&rs, &here)?;
+    }
+    if what == "scan" {
+        // diagnostic: findings and injection score for each line of stdin
+        for line in std::io::stdin().lines() {
+            let line = line?;
+            for f in rs.scan(&line)? {
+                println!(
+                    "{} {} {:?}",
+                    f.rule_id,
+                    f.category,
+                    line.get(f.span.clone()).unwrap_or("")
+                );
+            }
+            let s = rs.score_injection(&line)?;
+            println!("injection {:.2} {:?}", s.score, s.rules);
+        }
+    }
+    if what == "pii" {
+        pii_quality(&rs, &here)?;
     }
     if what == "fired" {
         fired(&rs, &shared, &here)?;
@@ -72,12 +92,23 @@ fn is_fragment(t: &str) -> bool {
         || t.trim_end().ends_with("\"") && !t.contains(' ') && t.len() < 30
         || t.ends_with(":= \"")
         || t.ends_with("= \"")
+        || is_empty_assignment(t)
+        || t.ends_with('/')
+}
+
+/// `export NAME=` with nothing assigned.
+fn is_empty_assignment(t: &str) -> bool {
+    let last = t.split_whitespace().last().unwrap_or("");
+    last.strip_suffix('=').is_some_and(|name| {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
 }
 
 fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
     println!("## Secrets\n");
     println!("| corpus | positives | detected | recall | negatives | false positives | FP rate |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    let detail = std::env::var("DETAIL").is_ok();
     let is_secret = |t: &str| -> Result<bool> {
         Ok(rs.scan(t)?.iter().any(|f| f.category == Category::Secret))
     };
@@ -86,10 +117,28 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
     let (mut p, mut tp, mut n, mut fp, mut skipped) = (0, 0, 0, 0, 0);
     let mut missed = Vec::new();
     let mut fp_rules: std::collections::BTreeMap<String, usize> = Default::default();
-    for r in &rows {
+    // A negative of one rule that is verbatim a positive sample of another
+    // (e.g. an admin key listed as "not a user key") is not a negative.
+    let positives: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|r| r["expect"] == "secret")
+        .filter_map(|r| r["text"].as_str())
+        .collect();
+    let mut cross = 0;
+    for (ix, r) in rows.iter().enumerate() {
         let text = r["text"].as_str().unwrap_or("");
+        // gitleaks builds some positives from a prefix, a length and a
+        // suffix: the prefix row is followed by a bare number.
+        let next_is_length = rows
+            .get(ix + 1)
+            .and_then(|n| n["text"].as_str())
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if r["expect"] != "secret" && positives.contains(text) {
+            cross += 1;
+            continue;
+        }
         if r["expect"] == "secret" {
-            if is_fragment(text) {
+            if is_fragment(text) || next_is_length {
                 skipped += 1;
                 continue;
             }
@@ -98,6 +147,9 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
                 tp += 1;
             } else {
                 missed.push(format!("{}: {:.80}", r["rule"], text));
+                if detail {
+                    eprintln!("MISS {}: {:?}", r["rule"], text);
+                }
             }
         } else {
             n += 1;
@@ -106,6 +158,14 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
                 for f in rs.scan(text)? {
                     if f.category == Category::Secret {
                         *fp_rules.entry(f.rule_id.to_string()).or_insert(0usize) += 1;
+                        if detail {
+                            eprintln!(
+                                "FP {} by {}: {:?}",
+                                r["rule"],
+                                f.rule_id,
+                                text.get(f.span.clone()).unwrap_or("")
+                            );
+                        }
                     }
                 }
             }
@@ -125,9 +185,21 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
         if r["expect"] == "secret" {
             p2 += 1;
             tp2 += found as usize;
+            if detail && !found {
+                eprintln!("DSMISS {}: {:?}", r["plugin"], text);
+            }
         } else {
             n2 += 1;
             fp2 += found as usize;
+            if detail && found {
+                let ids: Vec<String> = rs
+                    .scan(text)?
+                    .iter()
+                    .filter(|f| f.category == Category::Secret)
+                    .map(|f| format!("{}={:?}", f.rule_id, text.get(f.span.clone()).unwrap_or("")))
+                    .collect();
+                eprintln!("DSFP {}: {:?} {}", r["plugin"], text, ids.join(" "));
+            }
         }
     }
     row("detect-secrets plugin cases", p2, tp2, n2, fp2);
@@ -167,7 +239,8 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
         0,
     );
     println!(
-        "\n{skipped} gitleaks \"secret\" samples are generator fragments (regex text, lengths, keywords) and were excluded; \
+        "\n{skipped} gitleaks \"secret\" samples are generator fragments (regex text, lengths, keywords, a prefix followed by a length) and were excluded; \
+         {cross} \"no_secret\" samples that are verbatim another rule's positive sample were excluded from the negatives; \
          {unparsable} catalog regexes could not be parsed by the generator.\n"
     );
     if !missed.is_empty() {
@@ -261,6 +334,7 @@ fn injection_quality(rs: &RuleSet, corpora: &Path, here: &Path) -> Result<()> {
         return Ok(());
     }
     let th = tappass_detectors::DEFAULT_INJECTION_THRESHOLD;
+    let detail = std::env::var("DETAIL").is_ok();
     // each template with every instruction; and templates alone with a
     // neutral instruction (does the jailbreak wrapper itself score?)
     let (mut n, mut hit, mut tn, mut thit) = (0, 0, 0, 0);
@@ -273,21 +347,48 @@ fn injection_quality(rs: &RuleSet, corpora: &Path, here: &Path) -> Result<()> {
         if s.exceeds(th) {
             thit += 1;
         }
+        let mut template_hits = 0;
         for i in &ins {
             let text = t.replace("<INSTRUCTION>", i["instruction"].as_str().unwrap_or(""));
             n += 1;
             let ok = rs.score_injection(&text)?.exceeds(th);
+            template_hits += ok as usize;
+            if detail && !ok {
+                let s = rs.score_injection(&text)?;
+                eprintln!(
+                    "INJMISS {ty} {:.2} {:?} instr={:?}",
+                    s.score,
+                    s.rules,
+                    i["instruction"]
+                        .as_str()
+                        .unwrap_or("")
+                        .chars()
+                        .take(90)
+                        .collect::<String>()
+                );
+            }
             hit += ok as usize;
             let e = by_type.entry(ty.clone()).or_default();
             e.0 += 1;
             e.1 += ok as usize;
         }
+        if detail && template_hits < ins.len() {
+            eprintln!(
+                "INJTEMPLATE {ty} {template_hits}/{} {:?}",
+                ins.len(),
+                t.chars().take(400).collect::<String>()
+            );
+        }
     }
     let benign = benign_prompts(here, corpora)?;
     let mut bfp = 0;
     for b in &benign {
-        if rs.score_injection(b)?.exceeds(th) {
+        let s = rs.score_injection(b)?;
+        if s.exceeds(th) {
             bfp += 1;
+            if detail {
+                eprintln!("INJFP {:.2} {:?} {b:?}", s.score, s.rules);
+            }
         }
     }
     println!("| set | n | flagged | rate |\n|---|---:|---:|---:|");
@@ -313,11 +414,29 @@ fn injection_quality(rs: &RuleSet, corpora: &Path, here: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Mixed text for speed runs. `dense`: the benign prompts and every
+/// Mix for the diagnostics: `MIX=clean|dense`, default realistic.
+fn env_mix() -> Mix {
+    match std::env::var("MIX").as_deref() {
+        Ok("clean") => Mix::Clean,
+        Ok("dense") => Mix::Dense,
+        _ => Mix::Realistic,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    /// Benign prompts only (no secrets, no PII).
+    Clean,
+    Realistic,
+    Dense,
+}
+
+/// Mixed text for speed runs. `Clean`: the benign prompts only. `dense`: the benign prompts and every
 /// gitleaks sample in turn (a secret or near-secret on most lines).
 /// Otherwise a realistic mix: per ten benign prompts, one PII sentence and
 /// one gitleaks sample.
-fn mixed_text(shared: &Path, here: &Path, size: usize, dense: bool) -> Result<String> {
+fn mixed_text(shared: &Path, here: &Path, size: usize, mix: Mix) -> Result<String> {
+    let dense = mix == Mix::Dense;
     let benign: Vec<String> = std::fs::read_to_string(here.join("data/benign_prompts.txt"))?
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -337,7 +456,9 @@ fn mixed_text(shared: &Path, here: &Path, size: usize, dense: bool) -> Result<St
         "DNI 12345678Z, teléfono 612 345 678, correo maria.garcia@correo.es.",
     ];
     let mut parts: Vec<&str> = Vec::new();
-    if dense {
+    if mix == Mix::Clean {
+        parts.extend(benign.iter().map(String::as_str));
+    } else if dense {
         parts.extend(benign.iter().map(String::as_str));
         parts.extend(samples.iter().map(String::as_str));
         parts.extend(pii);
@@ -365,8 +486,16 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
     println!("## Speed (one core, 8 MiB of text in 64 KiB blocks, best of {reps})\n");
     println!("| text | mode | MB/s | ratio to raw |\n|---|---|---:|---:|");
     let mut notes = Vec::new();
-    for (name, dense) in [("realistic mix", false), ("dense mix", true)] {
-        let text = mixed_text(shared, here, 8 << 20, dense)?;
+    let only = std::env::var("MIX").ok();
+    for (name, mix) in [
+        ("clean prompts", Mix::Clean),
+        ("realistic mix", Mix::Realistic),
+        ("dense mix", Mix::Dense),
+    ] {
+        if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
+            continue;
+        }
+        let text = mixed_text(shared, here, 8 << 20, mix)?;
         let blocks: Vec<&str> = {
             let mut v = Vec::new();
             let mut s = 0;
@@ -390,6 +519,19 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             }
             Ok(b)
         };
+        if std::env::var("FULL_ONLY").is_ok() {
+            let t = Instant::now();
+            for _ in 0..reps {
+                for b in &blocks {
+                    rs.scan(b)?;
+                }
+            }
+            println!(
+                "| {name} | full only | {:.0} | |",
+                mb * reps as f64 / t.elapsed().as_secs_f64()
+            );
+            continue;
+        }
         let mut nraw = 0;
         let raw = best(&mut || {
             nraw = 0;
@@ -454,7 +596,7 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
 /// class-based (non-literal) prefilter, to find what makes the scan slow.
 fn profile(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
     use tappass_detectors::hs::{Database, Expr, Mode};
-    let text = mixed_text(shared, here, 4 << 20, std::env::var("DENSE").is_ok())?;
+    let text = mixed_text(shared, here, 4 << 20, env_mix())?;
     let exprs = rs.hs_expressions();
     let time_db = |keep: &dyn Fn(&str) -> bool| -> Result<(usize, f64)> {
         let ex: Vec<Expr<'_>> = exprs
@@ -554,7 +696,7 @@ fn profile(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
 
 /// Diagnostic: which rules fire on the mixed text.
 fn fired(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
-    let text = mixed_text(shared, here, 1 << 20, std::env::var("DENSE").is_ok())?;
+    let text = mixed_text(shared, here, 1 << 20, env_mix())?;
     let mut by: std::collections::BTreeMap<String, usize> = Default::default();
     for f in rs.scan(&text)? {
         *by.entry(f.rule_id.to_string()).or_default() += 1;
@@ -565,4 +707,151 @@ fn fired(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
         println!("{n:6} {k}");
     }
     Ok(())
+}
+
+/// Gold type of a PII rule (the corpus' entity types).
+fn pii_type(rule_id: &str) -> &str {
+    match rule_id {
+        "email" => "email",
+        "payment-card" => "card",
+        "iban" => "iban",
+        "ipv4" => "ipv4",
+        "ipv6" => "ipv6",
+        "date-of-birth" | "date-of-birth-de" => "dob",
+        "de-tax-id" => "de_tax_id",
+        "fr-nir" => "fr_nir",
+        "es-dni" => "es_dni",
+        "it-codice-fiscale" => "it_cf",
+        "be-national-number" => "be_nn",
+        "uk-nino" => "uk_nino",
+        id if id.starts_with("phone") => "phone",
+        id if id.starts_with("us-ssn") => "ssn",
+        id if id.starts_with("nl-bsn") => "nl_bsn",
+        id => id,
+    }
+}
+
+/// Structured PII on the Faker corpus (`data/pii_faker.jsonl`, generated by
+/// `data/gen_pii.py`): a finding counts when its type matches a labelled
+/// entity and it covers at least 80 % of the entity's bytes; every other PII
+/// finding is a false positive.
+fn pii_quality(rs: &RuleSet, here: &Path) -> Result<()> {
+    let rows = read_jsonl(&here.join("data/pii_faker.jsonl"))?;
+    let detail = std::env::var("DETAIL").is_ok();
+    // type -> (gold, true positives, false positives)
+    let mut by: std::collections::BTreeMap<String, (usize, usize, usize)> = Default::default();
+    let mut locales = std::collections::BTreeSet::new();
+    let mut negatives = (0usize, 0usize);
+    for r in &rows {
+        let text = r["text"].as_str().unwrap_or("");
+        locales.insert(r["locale"].as_str().unwrap_or("?").to_string());
+        let gold: Vec<(String, usize, usize)> = r["entities"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        (
+                            e["type"].as_str().unwrap_or("").to_string(),
+                            e["start"].as_u64().unwrap_or(0) as usize,
+                            e["end"].as_u64().unwrap_or(0) as usize,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if gold.is_empty() {
+            negatives.0 += 1;
+        }
+        for g in &gold {
+            by.entry(g.0.clone()).or_default().0 += 1;
+        }
+        let found: Vec<_> = rs
+            .scan(text)?
+            .into_iter()
+            .filter(|f| f.category == Category::Pii)
+            .collect();
+        let mut used = vec![false; gold.len()];
+        let mut any_fp = false;
+        for f in &found {
+            let t = pii_type(&f.rule_id);
+            let hit = gold.iter().enumerate().position(|(i, g)| {
+                let ov = f.span.end.min(g.2).saturating_sub(f.span.start.max(g.1));
+                !used[i] && g.0 == t && ov * 10 >= (g.2 - g.1) * 8
+            });
+            match hit {
+                Some(i) => {
+                    used[i] = true;
+                    by.entry(t.to_string()).or_default().1 += 1;
+                }
+                None => {
+                    any_fp = true;
+                    by.entry(t.to_string()).or_default().2 += 1;
+                    if detail {
+                        eprintln!(
+                            "PIIFP {} {:?} in {:?}",
+                            f.rule_id,
+                            text.get(f.span.clone()).unwrap_or(""),
+                            text
+                        );
+                    }
+                }
+            }
+        }
+        if gold.is_empty() && any_fp {
+            negatives.1 += 1;
+        }
+        if detail {
+            for (i, g) in gold.iter().enumerate() {
+                if !used[i] {
+                    eprintln!(
+                        "PIIMISS {} {:?} in {:?}",
+                        g.0,
+                        text.get(g.1..g.2).unwrap_or(""),
+                        text
+                    );
+                }
+            }
+        }
+    }
+    println!(
+        "## Structured PII (Faker corpus, {} lines, locales {})\n",
+        rows.len(),
+        locales.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    println!("| type | entities | found | false positives | precision | recall | F1 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let (mut tg, mut tt, mut tf) = (0, 0, 0);
+    for (t, (g, tp, fp)) in &by {
+        let (p, r, f1) = prf(*g, *tp, *fp);
+        println!("| {t} | {g} | {tp} | {fp} | {p:.3} | {r:.3} | {f1:.3} |");
+        tg += g;
+        tt += tp;
+        tf += fp;
+    }
+    let (p, r, f1) = prf(tg, tt, tf);
+    println!("| **all** | {tg} | {tt} | {tf} | {p:.3} | {r:.3} | {f1:.3} |\n");
+    println!(
+        "Lines without PII (order numbers, prices, versions, dates, addresses): {}, of which {} had a PII finding.\n",
+        negatives.0, negatives.1
+    );
+    Ok(())
+}
+
+fn prf(gold: usize, tp: usize, fp: usize) -> (f64, f64, f64) {
+    let p = if tp + fp == 0 {
+        1.0
+    } else {
+        tp as f64 / (tp + fp) as f64
+    };
+    let r = if gold == 0 {
+        1.0
+    } else {
+        tp as f64 / gold as f64
+    };
+    let f1 = if p + r == 0.0 {
+        0.0
+    } else {
+        2.0 * p * r / (p + r)
+    };
+    (p, r, f1)
 }

@@ -2,9 +2,18 @@
 //! configurations under test and a real load generator (`oha`), all on
 //! 127.0.0.1, and measures them side by side in alternating rounds:
 //! saturation throughput, latency at fixed rates, streaming time to first
-//! and last byte, peak RSS, CPU per 1,000 requests, and the memory of 1,000
-//! concurrent slow streams. Every figure is also reported as a ratio to the
-//! direct and the Pingora pass-through configurations of the same round.
+//! and last byte, the mixed workload (`mixed` module), peak RSS and CPU per
+//! 1,000 requests. Every figure is also reported as a ratio to the direct
+//! and the Pingora pass-through configurations of the same round.
+//!
+//! `--memory` runs only the memory measurement (`memory` module): resident
+//! memory of TapPass and of the Pingora pass-through each holding many
+//! concurrent slow streams, written to `memory.{md,json}`.
+
+#[path = "tappass-bench/memory.rs"]
+mod memory;
+#[path = "tappass-bench/mixed.rs"]
+mod mixed;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -40,6 +49,18 @@ struct Args {
     /// A short run (2 s, 1 round, one rate) to check the harness works.
     #[arg(long)]
     quick: bool,
+    /// Seed of the mixed workload's request bodies.
+    #[arg(long, default_value_t = 9)]
+    seed: u64,
+    /// Only measure memory under concurrent slow streams (`memory.md`).
+    #[arg(long)]
+    memory: bool,
+    /// Concurrent slow streams per proxy in the memory measurement.
+    #[arg(long, default_value_t = 1000)]
+    memory_streams: usize,
+    /// Length of each slow stream (one event per second), in seconds.
+    #[arg(long, default_value_t = 30)]
+    memory_seconds: u64,
 }
 
 /// A process killed when dropped.
@@ -95,7 +116,6 @@ struct Target {
     base: String,
     /// The proxy process to measure (none for the direct configuration).
     pid: Option<u32>,
-    model: String,
     /// Extra request headers this configuration needs.
     headers: Vec<String>,
     _procs: Vec<Proc>,
@@ -343,57 +363,11 @@ async fn stream_probe(
     let ttfb: Vec<f64> = all.iter().map(|s| s.0).collect();
     let ttlb: Vec<f64> = all.iter().map(|s| s.1).collect();
     json!({
+        "streams": all.len(),
         "streams_per_sec": all.len() as f64 / secs as f64,
         "ttfb_p50_ms": pct(ttfb.clone(), 0.5), "ttfb_p99_ms": pct(ttfb, 0.99),
         "ttlb_p50_ms": pct(ttlb.clone(), 0.5), "ttlb_p99_ms": pct(ttlb, 0.99),
     })
-}
-
-/// RSS of a gateway holding `n` concurrent slow streams.
-async fn slow_streams_rss(url: String, model: String, pid: u32, n: usize) -> Value {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
-    let script = r#"MOCK:{"reply":"slow stream reply text, forty chunks of it, to hold many connections open at once","chunk_size":2,"chunk_delay_ms":100}"#;
-    let body = chat_body(&model, "", script, true);
-    let (idle, _) = proc_rss_mib(pid);
-    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let (client, url, body, started) =
-            (client.clone(), url.clone(), body.clone(), started.clone());
-        tasks.push(tokio::spawn(async move {
-            let Ok(resp) = client
-                .post(&url)
-                .bearer_auth(KEY)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-            else {
-                return false;
-            };
-            started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            resp.bytes()
-                .await
-                .is_ok_and(|b| b.windows(6).any(|w| w == b"[DONE]"))
-        }));
-    }
-    let mut peak = 0.0f64;
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(30) && !tasks.iter().all(|t| t.is_finished()) {
-        peak = peak.max(proc_rss_mib(pid).0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut completed = 0;
-    for t in tasks {
-        if t.await.unwrap_or(false) {
-            completed += 1;
-        }
-    }
-    json!({"streams": n, "completed": completed, "rss_idle_mib": idle, "rss_peak_mib": peak,
-        "kib_per_stream": (peak - idle) * 1024.0 / n as f64})
 }
 
 fn gateway_config(
@@ -469,7 +443,6 @@ fn start_peers(dir: &Path, mock: u16, targets: &mut Vec<Target>, notes: &mut Vec
                 name: "LiteLLM proxy".into(),
                 base: format!("http://127.0.0.1:{port}/v1"),
                 pid: Some(p.0.id()),
-                model: "mock-gpt".into(),
                 headers: vec![],
                 _procs: vec![p],
             }),
@@ -492,7 +465,6 @@ fn start_peers(dir: &Path, mock: u16, targets: &mut Vec<Target>, notes: &mut Vec
             name: "Portkey gateway".into(),
             base: format!("http://127.0.0.1:{port}/v1"),
             pid: Some(p.0.id()),
-            model: "mock-gpt".into(),
             headers: vec![
                 "x-portkey-provider: openai".into(),
                 format!("x-portkey-custom-host: http://127.0.0.1:{mock}/v1"),
@@ -530,7 +502,12 @@ fn main() {
         args.rounds = 1;
         args.rates = vec![500];
     }
-    if let Err(e) = run(&args) {
+    let result = if args.memory {
+        memory::run(&args)
+    } else {
+        run(&args)
+    };
+    if let Err(e) = result {
         eprintln!("tappass-bench: {e}");
         std::process::exit(1);
     }
@@ -556,7 +533,6 @@ fn run(args: &Args) -> Result<(), String> {
         name: "direct".into(),
         base: format!("http://127.0.0.1:{mock_port}/v1"),
         pid: None,
-        model: "mock-gpt".into(),
         headers: vec![],
         _procs: vec![],
     }];
@@ -575,7 +551,6 @@ fn run(args: &Args) -> Result<(), String> {
         name: "Pingora pass-through".into(),
         base: format!("http://127.0.0.1:{pt_port}/v1"),
         pid: Some(pt.0.id()),
-        model: "mock-gpt".into(),
         headers: vec![],
         _procs: vec![pt],
     });
@@ -597,7 +572,6 @@ fn run(args: &Args) -> Result<(), String> {
             name: name.into(),
             base: format!("http://127.0.0.1:{port}/v1"),
             pid: Some(p.0.id()),
-            model: "mock-gpt".into(),
             headers: vec![],
             _procs: vec![p],
         });
@@ -621,6 +595,7 @@ fn run(args: &Args) -> Result<(), String> {
         &format!("MOCK:{{\"reply\":\"{}\",\"chunk_size\":26}}", text(1024)),
         true,
     );
+    let mixed_bodies = Arc::new(mixed::bodies("mock-gpt", args.seed));
     // name -> figure -> values over rounds
     let mut figures: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     let mut record = |t: &str, k: &str, v: f64| {
@@ -679,6 +654,7 @@ fn run(args: &Args) -> Result<(), String> {
                 8,
                 args.seconds,
             ));
+            requests += s["streams"].as_f64().unwrap_or(0.0);
             for k in [
                 "ttfb_p50_ms",
                 "ttfb_p99_ms",
@@ -688,6 +664,60 @@ fn run(args: &Args) -> Result<(), String> {
             ] {
                 record(&t.name, k, s[k].as_f64().unwrap_or(f64::NAN));
             }
+            // The mixed workload, with the harness's own client (one
+            // interleaved sample set per run): saturation at 32
+            // connections, then latency at the first fixed rate.
+            let m = rt.block_on(mixed::probe(
+                url.clone(),
+                t.headers.clone(),
+                mixed_bodies.clone(),
+                32,
+                None,
+                args.seconds,
+            ));
+            requests += m["total"].as_f64().unwrap_or(0.0);
+            for (k, key) in [
+                ("rps", "mixed_rps_c32"),
+                ("p50_ms", "mixed_p50_ms_c32"),
+                ("p99_ms", "mixed_p99_ms_c32"),
+                ("plain_p50_ms", "mixed_plain_p50_ms_c32"),
+                ("secret_p50_ms", "mixed_secret_p50_ms_c32"),
+                ("tool_p50_ms", "mixed_tool_p50_ms_c32"),
+            ] {
+                record(&t.name, key, m[k].as_f64().unwrap_or(f64::NAN));
+            }
+            let share = |m: &Value, a: &str, b: &str| {
+                m[a].as_f64().unwrap_or(0.0) / m[b].as_f64().unwrap_or(0.0).max(1.0)
+            };
+            record(&t.name, "mixed_ok_share_c32", share(&m, "ok", "total"));
+            record(
+                &t.name,
+                "mixed_secret_refused_share_c32",
+                share(&m, "secret_refused", "secret_total"),
+            );
+            record(
+                &t.name,
+                "mixed_tool_reply_share_c32",
+                share(&m, "tool_call_replies", "tool_total"),
+            );
+            if let Some(&rate) = args.rates.first() {
+                let m = rt.block_on(mixed::probe(
+                    url.clone(),
+                    t.headers.clone(),
+                    mixed_bodies.clone(),
+                    32,
+                    Some(rate),
+                    args.seconds,
+                ));
+                requests += m["total"].as_f64().unwrap_or(0.0);
+                for p in ["p50_ms", "p90_ms", "p99_ms"] {
+                    record(
+                        &t.name,
+                        &format!("mixed_{p}_at_{rate}"),
+                        m[p].as_f64().unwrap_or(f64::NAN),
+                    );
+                }
+            }
             if let (Some(pid), Some(c0)) = (t.pid, cpu0) {
                 record(
                     &t.name,
@@ -696,32 +726,6 @@ fn run(args: &Args) -> Result<(), String> {
                 );
                 record(&t.name, "peak_rss_mib", proc_rss_mib(pid).1);
             }
-        }
-    }
-    // Memory with 1,000 concurrent slow streams, TapPass configurations.
-    for t in targets.iter().filter(|t| t.name.starts_with("TapPass")) {
-        if let Some(pid) = t.pid {
-            let v = rt.block_on(slow_streams_rss(
-                format!("{}/chat/completions", t.base),
-                t.model.clone(),
-                pid,
-                1000,
-            ));
-            record(
-                &t.name,
-                "slow_1000_completed",
-                v["completed"].as_f64().unwrap_or(0.0),
-            );
-            record(
-                &t.name,
-                "slow_1000_rss_peak_mib",
-                v["rss_peak_mib"].as_f64().unwrap_or(f64::NAN),
-            );
-            record(
-                &t.name,
-                "slow_1000_kib_per_stream",
-                v["kib_per_stream"].as_f64().unwrap_or(f64::NAN),
-            );
         }
     }
     for t in &targets {
@@ -761,7 +765,7 @@ fn report(
         if args.peers { " --peers" } else { "" },
         args.rounds
     ));
-    md.push_str("Workloads: 1 KiB prompt → 1 KiB echoed reply (non-streaming), 16 KiB prompt → short reply, and a streamed 1 KiB reply in ~40 chunks. The mock answers instantly and deterministically.\n\n");
+    md.push_str(&format!("Workloads: 1 KiB prompt → 1 KiB echoed reply (non-streaming), 16 KiB prompt → short reply, and a streamed 1 KiB reply in ~40 chunks. The mock answers instantly and deterministically.\n\nMixed workload: 1 KiB prompts of which 10% carry a secret (an access key or token) and 5% a tool call (tool definitions, an earlier tool call and its result in the history, and a tool-call reply), drawn deterministically from seed {} in a fixed order of 1,000 bodies. oha sends one body per run, so this workload is driven by the harness's own client (reqwest, HTTP/1.1 keep-alive): all three kinds interleave on the same connections and the percentiles are of one combined sample set. At the fixed rate the client is open-loop and latency counts from each request's scheduled start. Its figures compare configurations with each other; they are not comparable with the oha rows (a different client). Memory under 1,000 concurrent slow streams is measured separately: [memory.md](memory.md) (`make bench-memory`).\n\n", args.seed));
     let rows: Vec<(String, String)> = {
         let mut r = vec![
             (
@@ -806,14 +810,42 @@ fn report(
             ),
             ("peak_rss_mib".to_string(), "proxy peak RSS MiB".to_string()),
             (
-                "slow_1000_rss_peak_mib".to_string(),
-                "RSS MiB holding 1,000 slow streams".to_string(),
+                "mixed_rps_c32".to_string(),
+                "mixed: requests/s, 32 connections".to_string(),
             ),
             (
-                "slow_1000_kib_per_stream".to_string(),
-                "KiB per slow stream".to_string(),
+                "mixed_p50_ms_c32".to_string(),
+                "mixed: p50 ms, 32 connections".to_string(),
+            ),
+            (
+                "mixed_p99_ms_c32".to_string(),
+                "mixed: p99 ms, 32 connections".to_string(),
+            ),
+            (
+                "mixed_secret_p50_ms_c32".to_string(),
+                "mixed: p50 ms of the secret-carrying 10%".to_string(),
+            ),
+            (
+                "mixed_tool_p50_ms_c32".to_string(),
+                "mixed: p50 ms of the tool-call 5%".to_string(),
+            ),
+            (
+                "mixed_secret_refused_share_c32".to_string(),
+                "mixed: share of secret prompts refused (403)".to_string(),
+            ),
+            (
+                "mixed_tool_reply_share_c32".to_string(),
+                "mixed: share of tool-call prompts answered with a tool call".to_string(),
             ),
         ]);
+        if let Some(rate) = args.rates.first() {
+            for p in ["p50", "p90", "p99"] {
+                r.push((
+                    format!("mixed_{p}_ms_at_{rate}"),
+                    format!("mixed: {p} ms at {rate} req/s"),
+                ));
+            }
+        }
         r
     };
     md.push_str("| figure |");
@@ -848,7 +880,14 @@ fn report(
         md.push_str("---|");
     }
     md.push('\n');
-    for key in ["rps_c8", "rps_c32", "ttfb_p50_ms", "ttlb_p50_ms"] {
+    for key in [
+        "rps_c8",
+        "rps_c32",
+        "ttfb_p50_ms",
+        "ttlb_p50_ms",
+        "mixed_rps_c32",
+        "mixed_p99_ms_c32",
+    ] {
         for reference in ["direct", "Pingora pass-through"] {
             md.push_str(&format!("| {key} | {reference} |"));
             let base = get(reference, key).0;
@@ -863,7 +902,7 @@ fn report(
     for n in notes {
         md.push_str(&format!("- {n}\n"));
     }
-    let json = json!({"args": {"seconds": args.seconds, "rounds": args.rounds, "rates": args.rates, "peers": args.peers},
+    let json = json!({"args": {"seconds": args.seconds, "rounds": args.rounds, "rates": args.rates, "peers": args.peers, "seed": args.seed},
         "cpus": cpus, "configurations": names, "figures": figures, "notes": notes});
     let write = |name: &str, data: &[u8]| -> Result<(), String> {
         let path = args.out.join(name);

@@ -60,6 +60,9 @@ pub enum CheckpointKind {
     Shutdown,
     /// Seals the chain at a retention cut: rows up to `seq` were deleted.
     RetentionCut,
+    /// Signed with the outgoing key when the gateway switches audit keys:
+    /// rows after `seq` are signed by the next key.
+    KeyRotation,
 }
 
 /// A signed statement of the chain head: "row `seq` has hash `hash`".
@@ -108,6 +111,7 @@ fn checkpoint_message(
         CheckpointKind::Periodic => "periodic",
         CheckpointKind::Shutdown => "shutdown",
         CheckpointKind::RetentionCut => "retention_cut",
+        CheckpointKind::KeyRotation => "key_rotation",
     };
     format!("tappass-audit-checkpoint-v1|{gateway}|{seq}|{hash}|{at_ms}|{kind}").into_bytes()
 }

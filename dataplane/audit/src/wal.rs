@@ -99,6 +99,10 @@ enum Msg {
         through_seq: u64,
         done: oneshot::Sender<Result<u64, String>>,
     },
+    Rotate {
+        key: Box<AuditKey>,
+        done: oneshot::Sender<Result<Head, String>>,
+    },
 }
 
 /// A record that could not be queued, handed back to the caller.
@@ -115,7 +119,7 @@ pub struct AuditWal {
     tx: Option<SyncSender<Msg>>,
     writer: Option<JoinHandle<()>>,
     head: Arc<Mutex<Head>>,
-    key: AuditKey,
+    key: Arc<Mutex<AuditKey>>,
     dir: PathBuf,
 }
 
@@ -192,9 +196,14 @@ impl AuditWal {
         let head = recover_head(&db)?;
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
         let shared = Arc::new(Mutex::new(head.clone()));
+        let shared_key = Arc::new(Mutex::new(key.clone()));
+        // Publish the public key beside the WAL for verifiers (keys used
+        // before stay in the set, so older rows still verify).
+        crate::keys::publish_public_key(&config.dir.join(crate::keys::JWKS_FILE), &key)?;
         let mut writer = Writer {
             db,
-            key: key.clone(),
+            key,
+            shared_key: shared_key.clone(),
             config: config.clone(),
             head,
             shared: shared.clone(),
@@ -206,16 +215,11 @@ impl AuditWal {
         let handle = std::thread::Builder::new()
             .name("tappass-audit-writer".into())
             .spawn(move || writer.run(rx))?;
-        // Publish the public key beside the WAL for verifiers.
-        let jwks_path = config.dir.join("jwks.json");
-        if !jwks_path.exists() {
-            std::fs::write(&jwks_path, key.jwks().to_string())?;
-        }
         Ok(AuditWal {
             tx: Some(tx),
             writer: Some(handle),
             head: shared,
-            key,
+            key: shared_key,
             dir: config.dir,
         })
     }
@@ -271,6 +275,31 @@ impl AuditWal {
             .map_err(AuditError::Write)
     }
 
+    /// Switch to `key`: everything queued before is written, the chain head
+    /// is sealed with a `key_rotation` checkpoint signed by the current key,
+    /// and later rows, checkpoints and tombstones are signed by `key`.
+    /// Publish `key`'s public half (`jwks.json`) before calling this.
+    /// Resolves to the head the rotation checkpoint covers.
+    pub fn rotate_key(
+        &self,
+        key: AuditKey,
+    ) -> Result<oneshot::Receiver<Result<Head, String>>, AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Msg::Rotate {
+            key: Box::new(key),
+            done,
+        })?;
+        Ok(rx)
+    }
+
+    /// [`AuditWal::rotate_key`], waiting (blocking this thread).
+    pub fn rotate_key_blocking(&self, key: AuditKey) -> Result<Head, AuditError> {
+        self.rotate_key(key)?
+            .blocking_recv()
+            .map_err(|_| AuditError::Closed)?
+            .map_err(AuditError::Write)
+    }
+
     fn send(&self, msg: Msg) -> Result<(), AuditError> {
         self.tx
             .as_ref()
@@ -284,8 +313,15 @@ impl AuditWal {
         self.head.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn key_id(&self) -> &str {
-        self.key.kid()
+    /// Id of the key the WAL signs with now.
+    pub fn key_id(&self) -> String {
+        self.signing_key().kid().to_string()
+    }
+
+    /// The key the WAL signs with now (it changes with
+    /// [`AuditWal::rotate_key`]).
+    pub fn signing_key(&self) -> AuditKey {
+        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn dir(&self) -> &Path {
@@ -315,6 +351,7 @@ impl Drop for AuditWal {
 struct Writer {
     db: DB,
     key: AuditKey,
+    shared_key: Arc<Mutex<AuditKey>>,
     config: WalConfig,
     head: Head,
     shared: Arc<Mutex<Head>>,
@@ -396,6 +433,10 @@ impl Writer {
                 Msg::Prune { through_seq, done } => {
                     self.commit(std::mem::take(&mut pending));
                     let _ = done.send(self.prune(through_seq).map_err(|e| e.to_string()));
+                }
+                Msg::Rotate { key, done } => {
+                    self.commit(std::mem::take(&mut pending));
+                    let _ = done.send(self.rotate(*key).map_err(|e| e.to_string()));
                 }
             }
         }
@@ -479,6 +520,17 @@ impl Writer {
         self.last_checkpoint = Instant::now();
         self.publish();
         Ok(())
+    }
+
+    /// Seal the head with the outgoing key, then switch keys.
+    fn rotate(&mut self, key: AuditKey) -> Result<Head, AuditError> {
+        if key.kid() == self.key.kid() {
+            return Ok(self.head.clone());
+        }
+        self.write_checkpoint(CheckpointKind::KeyRotation)?;
+        self.key = key.clone();
+        *self.shared_key.lock().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(self.head.clone())
     }
 
     fn read_row(&self, seq: u64) -> Result<Option<SealedRow>, AuditError> {

@@ -298,3 +298,62 @@ fn concurrent_appends_get_unique_sequence_numbers() {
     std::sync::Arc::try_unwrap(wal).ok().unwrap().close();
     assert!(verify(dir.path(), &key).ok());
 }
+
+#[test]
+fn a_key_rotation_keeps_the_chain_verifiable_with_both_keys() {
+    for signing in [
+        SigningMode::PerRow,
+        SigningMode::Checkpoint {
+            every_rows: 1000,
+            every: Duration::from_secs(3600),
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (AuditKey::generate(), AuditKey::generate());
+        let mut cfg = config(dir.path());
+        cfg.signing = signing;
+        let wal = AuditWal::open(cfg, old.clone()).unwrap();
+        write_rows(&wal, 0..5);
+        let jwks_file = dir.path().join(tappass_audit::keys::JWKS_FILE);
+        tappass_audit::keys::publish_public_key(&jwks_file, &new).unwrap();
+        let head = wal.rotate_key_blocking(new.clone()).unwrap();
+        assert_eq!((head.seq, head.signed_seq), (5, 5), "{signing:?}");
+        assert_eq!(wal.key_id(), new.kid());
+        write_rows(&wal, 5..9);
+        wal.close();
+
+        let reader = tappass_audit::WalReader::open(dir.path()).unwrap();
+        let cps = reader.checkpoints().unwrap();
+        let rotation = cps
+            .iter()
+            .find(|c| c.kind == CheckpointKind::KeyRotation)
+            .expect("a key_rotation checkpoint");
+        assert_eq!(
+            (rotation.seq, rotation.mandate.key_id.as_str()),
+            (5, old.kid())
+        );
+        let last = cps.last().unwrap();
+        assert_eq!((last.seq, last.mandate.key_id.as_str()), (9, new.kid()));
+        drop(reader);
+
+        // The published key set (both keys) verifies across the rotation.
+        let both = Jwks::from_json(&std::fs::read_to_string(&jwks_file).unwrap()).unwrap();
+        let r = verify_dir(dir.path(), &both, &VerifyOptions::default()).unwrap();
+        assert!(r.ok(), "{signing:?}: {r:?}");
+        assert_eq!((r.rows, r.unsigned_tail), (9, 0));
+        // Either key alone does not.
+        for k in [&old, &new] {
+            let r = verify(dir.path(), k);
+            assert!(!r.ok(), "{signing:?}: one key verified both halves");
+        }
+        // Reopening with the new key continues the chain.
+        let mut cfg = config(dir.path());
+        cfg.signing = signing;
+        let wal = AuditWal::open(cfg, new.clone()).unwrap();
+        write_rows(&wal, 9..11);
+        wal.close();
+        let both = Jwks::from_json(&std::fs::read_to_string(&jwks_file).unwrap()).unwrap();
+        let r = verify_dir(dir.path(), &both, &VerifyOptions::default()).unwrap();
+        assert!(r.ok() && r.rows == 11, "{r:?}");
+    }
+}

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Packs(args) => cli::packs::run(&args),
         Command::Keys(args) => cli::keys::run(&args),
         Command::Audit(args) => cli::audit::run(&args),
+        Command::Budget(args) => cli::budget::run(&args),
         Command::Token(args) => cli::token::run(&args),
         Command::Up(args) => cli::up::run(&args),
         Command::Agent(args) => cli::agent::run(&args),

@@ -1,4 +1,5 @@
-//! `tappass audit`: verify, read and export a gateway's audit WAL offline.
+//! `tappass audit`: verify, read and export a gateway's audit WAL offline;
+//! the fleet's chain heads and audit key rotation through a control plane.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,6 +10,8 @@ use serde_json::{json, Value};
 use tappass_audit::chain::SealedRow;
 use tappass_audit::verify::{verify, VerifyOptions};
 use tappass_audit::{AuditKey, AuditRecord, AuditWal, Jwks, WalConfig, WalReader};
+
+use super::control::ControlArgs;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -29,6 +32,44 @@ pub enum AuditCommand {
     /// Replace a call's row content with a signed tombstone (right to
     /// erasure). The gateway writing this WAL must be stopped.
     Erase(EraseArgs),
+    /// The chain head each gateway last reported to the control plane
+    /// (compare with `verify --expect-head SEQ:HASH`).
+    Heads(HeadsArgs),
+    /// Ask a gateway (through the control plane) to switch to a new audit
+    /// signing key; it does so at its next report.
+    RotateKey(RotateKeyArgs),
+    /// Let a gateway whose audit keys were lost enroll new ones at its next
+    /// report (its earlier keys stay published).
+    Reenroll(ReenrollArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HeadsArgs {
+    /// Only this gateway.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// The gateway id (as in its audit rows).
+    #[arg(long)]
+    pub gateway: String,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReenrollArgs {
+    #[arg(long)]
+    pub gateway: String,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Debug, Args)]
@@ -36,9 +77,10 @@ pub struct VerifyArgs {
     /// The audit directory (holding `wal/`).
     #[arg(long)]
     pub wal: PathBuf,
-    /// The published public keys: a JWKS file or an http(s) URL. Default:
-    /// the `jwks.json` beside the WAL (for an independent check, use a copy
-    /// of the published key set).
+    /// The published public keys: a JWKS file or an http(s) URL, e.g. the
+    /// control plane's fleet key set `http://HOST:18001/v1/audit/jwks`.
+    /// Default: the `jwks.json` beside the WAL (for an independent check,
+    /// use the published key set).
     #[arg(long)]
     pub jwks: Option<String>,
     /// The chain head the log must reach, as `SEQ:HASH` (from the gateway's
@@ -134,7 +176,112 @@ pub fn run(args: &AuditArgs) -> Result<u8> {
         AuditCommand::Show(a) => run_show(a),
         AuditCommand::Export(a) => run_export(a),
         AuditCommand::Erase(a) => run_erase(a),
+        AuditCommand::Heads(a) => run_heads(a),
+        AuditCommand::RotateKey(a) => run_rotate_key(a),
+        AuditCommand::Reenroll(a) => run_reenroll(a),
     }
+}
+
+/// Path segment for a gateway id (ids are letters, digits, `.`, `_`, `-`,
+/// `:`; anything else is refused by the control plane).
+fn gateway_path(id: &str) -> Result<String> {
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    {
+        bail!("gateway id {id:?} is invalid: letters, digits, `.`, `_`, `-`, `:`");
+    }
+    Ok(format!("/v1/gateways/{id}"))
+}
+
+fn print_gateway(g: &Value) {
+    let head = &g["head"];
+    let (seq, hash) = if head.is_object() {
+        (
+            head["seq"].to_string(),
+            head["hash"].as_str().unwrap_or("").to_string(),
+        )
+    } else {
+        ("-".into(), "-".into())
+    };
+    println!("gateway {}", g["gateway_id"].as_str().unwrap_or(""));
+    println!("  head        {seq}:{hash}");
+    if head.is_object() {
+        println!(
+            "  signed      through row {}",
+            head["signed_seq"].as_u64().unwrap_or(0)
+        );
+        println!(
+            "  reported at {}",
+            fmt_time(head["reported_at_ms"].as_u64().unwrap_or(0))
+        );
+    }
+    let pending = g["requested_key_generation"].as_u64() > g["key_generation"].as_u64();
+    println!(
+        "  key         {} (generation {}{})",
+        g["key_id"].as_str().unwrap_or(""),
+        g["key_generation"],
+        if pending { ", rotation requested" } else { "" }
+    );
+    let kids: Vec<&str> = g["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["kid"].as_str())
+        .collect();
+    println!("  published   {}", kids.join(" "));
+    if g["reenroll"].as_bool() == Some(true) {
+        println!("  re-enrollment open: the next report may enroll new keys");
+    }
+}
+
+fn run_heads(a: &HeadsArgs) -> Result<u8> {
+    let client = a.control.client()?;
+    let v = match &a.gateway {
+        Some(id) => Value::Array(vec![client.get(&gateway_path(id)?)?]),
+        None => client.get("/v1/gateways")?,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let list = v.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no gateway has reported its audit chain");
+    }
+    for g in &list {
+        print_gateway(g);
+    }
+    Ok(0)
+}
+
+fn run_rotate_key(a: &RotateKeyArgs) -> Result<u8> {
+    let client = a.control.client()?;
+    let v = client.post(
+        &format!("{}/audit-key/rotate", gateway_path(&a.gateway)?),
+        json!({}),
+    )?;
+    println!(
+        "gateway {} will switch from key {} to a new key (generation {}) at its next report",
+        a.gateway,
+        v["key_id"].as_str().unwrap_or(""),
+        v["requested_key_generation"]
+    );
+    Ok(0)
+}
+
+fn run_reenroll(a: &ReenrollArgs) -> Result<u8> {
+    let client = a.control.client()?;
+    client.post(
+        &format!("{}/reenroll", gateway_path(&a.gateway)?),
+        json!({}),
+    )?;
+    println!(
+        "gateway {}: its next report may enroll new audit keys",
+        a.gateway
+    );
+    Ok(0)
 }
 
 fn load_jwks(wal: &Path, source: Option<&str>) -> Result<Jwks> {
@@ -196,12 +343,15 @@ fn run_verify(a: &VerifyArgs) -> Result<u8> {
             };
             match &report.failure {
                 None => {
+                    // The head as `SEQ:HASH`, the form `tappass audit heads`
+                    // shows and `--expect-head` takes.
+                    let head = match (report.last_seq, &report.head_hash) {
+                        (Some(seq), Some(hash)) => format!("{seq}:{hash}"),
+                        _ => "-".into(),
+                    };
                     println!(
-                        "ok: {range}, {} rows, {} erased, {} checkpoints, head {}",
-                        report.rows,
-                        report.erased,
-                        report.checkpoints,
-                        report.head_hash.as_deref().unwrap_or("-")
+                        "ok: {range}, {} rows, {} erased, {} checkpoints, head {head}",
+                        report.rows, report.erased, report.checkpoints,
                     );
                     if report.unsigned_tail > 0 {
                         println!(

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod agent;
 pub mod apikey;
 pub mod audit;
+pub mod budget;
 pub mod control;
 pub mod sandbox;
 pub mod scan;
@@ -44,6 +45,8 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// Verify, read and export a gateway's audit trail.
     Audit(audit::AuditArgs),
+    /// Budgets and rate limits: spent, reserved, remaining per scope.
+    Budget(budget::BudgetArgs),
     /// Capability tokens: mint (offline or from a control plane), revoke.
     Token(token::TokenArgs),
 

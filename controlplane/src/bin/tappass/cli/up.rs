@@ -95,7 +95,14 @@ fn gateway_config(a: &UpArgs, xds: SocketAddr, snapshot_key: &str) -> Result<Con
         listen = a.listen,
         admin = a.admin_listen,
     );
-    Ok(Config::from_yaml(&yaml, "<tappass up>")?)
+    let mut config = Config::from_yaml(&yaml, "<tappass up>")?;
+    // The embedded default's budgets (priced mock models, per-agent
+    // limits), with counters beside the other state.
+    config.budgets = Config::embedded_default().budgets.map(|mut b| {
+        b.state_dir = Some(a.data_dir.join("budgets"));
+        b
+    });
+    Ok(config)
 }
 
 /// The local gateway has ACKed every type the control plane publishes.

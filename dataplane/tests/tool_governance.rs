@@ -1,0 +1,617 @@
+//! Tool-call governance on the real gateway in front of the real mock
+//! provider: tool calls the model returns are held until complete and
+//! checked; a denied call never reaches the client in any format (the
+//! stream ends with a well-formed error event), an allowed one passes byte
+//! for byte; the loop guard ends a session; `/v1/tools/check` and
+//! `/v1/tools/execute` answer with the same steps; a signed Compiled Policy
+//! (the catalog steward) drives `schemas_acl`.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::*;
+use serde_json::{json, Value};
+use tappass_audit::{AuditRecord, WalReader};
+
+const TOOLS: &str = "guardrails:\n  injection: off\n  tools_deny: ['shell_*']\n  tools:\n    schemas: {customers: [read, write], finance: [read], pii_archive: []}\n    constraints: {stripe.create_refund: {max_amount: 1000}}\n    loop_guard: {max_repeats: 3}\n";
+
+fn config(mock: &Proc, dir: &Path, guardrails: &str) -> String {
+    format!(
+        "audit:\n  dir: {}\n  gateway_id: gw-tools\n{guardrails}providers:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\n  - name: a\n    kind: anthropic\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n  - name: c\n    provider: a\n",
+        dir.display(),
+        mock.url(),
+        mock.url()
+    )
+}
+
+fn records(dir: &Path) -> Vec<AuditRecord> {
+    let reader = WalReader::open(dir).unwrap();
+    reader
+        .rows(0)
+        .unwrap()
+        .map(|r| serde_json::from_str(r.unwrap().body.unwrap().get()).unwrap())
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Format {
+    Chat,
+    Anthropic,
+    Responses,
+}
+
+const FORMATS: [Format; 3] = [Format::Chat, Format::Anthropic, Format::Responses];
+
+fn path(f: Format) -> &'static str {
+    match f {
+        Format::Chat => "/v1/chat/completions",
+        Format::Anthropic => "/v1/messages",
+        Format::Responses => "/v1/responses",
+    }
+}
+
+/// The tool definitions the request offers, in the format's shape.
+fn tools(f: Format) -> Value {
+    let defs = [
+        (
+            "postgres_query",
+            json!({"type": "object", "properties": {"schema": {"type": "string"}, "sql": {"type": "string"}},
+                "required": ["schema", "sql"], "additionalProperties": false}),
+        ),
+        ("shell_exec", json!({"type": "object"})),
+        ("get_weather", json!({"type": "object"})),
+        ("stripe_create_refund", json!({"type": "object"})),
+    ];
+    Value::Array(
+        defs.iter()
+            .map(|(n, s)| match f {
+                Format::Chat => {
+                    json!({"type": "function", "function": {"name": n, "parameters": s}})
+                }
+                Format::Anthropic => json!({"name": n, "input_schema": s}),
+                Format::Responses => json!({"type": "function", "name": n, "parameters": s}),
+            })
+            .collect(),
+    )
+}
+
+/// A request whose answer is the scripted tool call.
+fn request(f: Format, name: &str, args: &str, chunk: usize, stream: bool) -> Value {
+    let directive = format!(
+        "MOCK:{}",
+        json!({"tool_call": {"name": name, "arguments": args}, "chunk_size": chunk})
+    );
+    let mut b = match f {
+        Format::Chat => json!({"model": "m", "messages": [{"role": "user", "content": directive}],
+            "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null }}),
+        Format::Anthropic => json!({"model": "c", "max_tokens": 64,
+            "messages": [{"role": "user", "content": directive}]}),
+        Format::Responses => json!({"model": "m", "input": directive}),
+    };
+    if b.get("stream_options") == Some(&Value::Null) {
+        b.as_object_mut().unwrap().remove("stream_options");
+    }
+    b["stream"] = json!(stream);
+    b["tools"] = tools(f);
+    b
+}
+
+static SESSION: AtomicU64 = AtomicU64::new(0);
+
+fn fresh_session() -> String {
+    format!("test-session-{}", SESSION.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn send(gw: &Gateway, f: Format, body: &Value, session: &str) -> (u16, String, String) {
+    let r = client()
+        .post(gw.url(path(f)))
+        .bearer_auth(KEY)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-tappass-session", session)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let code = r
+        .headers()
+        .get("x-tappass-error-code")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, code, r.text().await.unwrap())
+}
+
+/// The same request straight to a mock (the reference for byte identity).
+async fn direct(mock: &Proc, f: Format, body: &Value) -> String {
+    let mut body = body.clone();
+    if f == Format::Chat {
+        body["model"] = json!("m");
+    }
+    client()
+        .post(format!("{}{}", mock.url(), path(f)))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Assert that a client stream ends with exactly one well-formed error event
+/// in the format's own shape, with `code`, and holds no tool-call frame.
+fn assert_denied_stream(f: Format, body: &str, code: &str) {
+    for leak in [
+        "\"tool_calls\"",
+        "tool_use",
+        "input_json_delta",
+        "\"function_call\"",
+        "rm -rf",
+    ] {
+        assert!(
+            !body.contains(leak),
+            "{f:?}: `{leak}` reached the client: {body}"
+        );
+    }
+    assert!(body.ends_with("\n\n"), "{f:?}: {body}");
+    let frames: Vec<&str> = body.split("\n\n").filter(|s| !s.is_empty()).collect();
+    let last = frames.last().expect("an event");
+    let data = last
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data line");
+    let v: Value = serde_json::from_str(data).expect("the error event is JSON");
+    match f {
+        Format::Chat => {
+            assert!(last.starts_with("data: {\"error\":"), "{last}");
+            assert_eq!(v["error"]["code"], code);
+            assert_eq!(v["error"]["type"], "permission_error");
+            assert!(!body.contains("[DONE]"));
+        }
+        Format::Anthropic => {
+            assert!(last.starts_with("event: error\n"), "{last}");
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "permission_error");
+            assert!(v["error"]["message"].as_str().unwrap().contains("refused"));
+            assert!(!body.contains("message_stop"));
+        }
+        Format::Responses => {
+            assert!(last.starts_with("event: response.failed\n"), "{last}");
+            assert_eq!(v["type"], "response.failed");
+            assert_eq!(v["response"]["status"], "failed");
+            assert_eq!(v["response"]["error"]["code"], code);
+            assert!(!body.contains("response.completed"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn denied_streamed_tool_calls_never_reach_the_client() {
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let gw = Gateway::start(&config(&mock, &dir, TOOLS));
+    let args = "{\"cmd\":\"rm -rf /\"}";
+    for f in FORMATS {
+        // Every fragment size: the arguments split at every offset.
+        for chunk in 1..=args.len() {
+            let body = request(f, "shell_exec", args, chunk, true);
+            let (status, _, text) = send(&gw, f, &body, &fresh_session()).await;
+            assert_eq!(status, 200, "{f:?}");
+            assert_denied_stream(f, &text, "tool_denied");
+        }
+        // Unknown to the catalog: discovered and blocked.
+        let body = request(f, "get_weather", "{\"city\":\"Paris\"}", 4, true);
+        let (_, _, text) = send(&gw, f, &body, &fresh_session()).await;
+        assert_denied_stream(f, &text, "tool_denied");
+        // An amount above the catalog ceiling.
+        let body = request(f, "stripe_create_refund", "{\"amount\": 5000}", 3, true);
+        let (_, _, text) = send(&gw, f, &body, &fresh_session()).await;
+        assert_denied_stream(f, &text, "tool_denied");
+        // A schema the policy grants no access to.
+        let body = request(
+            f,
+            "postgres_query",
+            "{\"schema\":\"pii_archive\",\"sql\":\"select 1\"}",
+            5,
+            true,
+        );
+        let (_, _, text) = send(&gw, f, &body, &fresh_session()).await;
+        assert_denied_stream(f, &text, "tool_denied");
+    }
+    // The audit rows say which step refused and how much was released.
+    let rows = records(&dir);
+    let denied: Vec<&AuditRecord> = rows
+        .iter()
+        .filter(|r| r.reason.as_deref() == Some("tool_denied"))
+        .collect();
+    assert_eq!(
+        denied.len(),
+        3 * (args.len() + 3),
+        "every denied stream has a row"
+    );
+    for r in &denied {
+        assert!(r.bytes_released_before_block.is_some(), "{r:?}");
+        let tool_steps: Vec<(&str, &str)> = r
+            .step_decisions
+            .iter()
+            .filter(|s| s.aspect == "tools")
+            .map(|s| (s.step.as_str(), s.decision.as_str()))
+            .collect();
+        assert!(
+            tool_steps.iter().any(|(_, d)| *d == "deny"),
+            "{tool_steps:?}"
+        );
+        let text = serde_json::to_string(&r.step_decisions).unwrap();
+        assert!(!text.contains("rm -rf"), "evidence holds an argument value");
+    }
+    let steps: std::collections::BTreeSet<&str> = denied
+        .iter()
+        .flat_map(|r| r.step_decisions.iter())
+        .filter(|s| s.decision == "deny")
+        .map(|s| s.step.as_str())
+        .collect();
+    for s in [
+        "tools_denied",
+        "tool_discovery",
+        "tool_arg_validation",
+        "schemas_acl",
+    ] {
+        assert!(steps.contains(s), "{s} missing from {steps:?}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_arguments_are_refused_in_every_format() {
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(&mock, &data.path().join("audit"), TOOLS));
+    for args in ["{\"schema\":\"finance\",", "[1, 2]", "{\"schema\": }"] {
+        for f in FORMATS {
+            let body = request(f, "postgres_query", args, 2, true);
+            let (status, _, text) = send(&gw, f, &body, &fresh_session()).await;
+            assert_eq!(status, 200);
+            assert_denied_stream(f, &text, "tool_denied");
+            assert!(text.contains("tool_arg_validation"), "{text}");
+            // Anthropic bodies carry arguments as a JSON object: the mock
+            // cannot send malformed ones without streaming.
+            if f != Format::Anthropic {
+                let body = request(f, "postgres_query", args, 2, false);
+                let (status, code, text) = send(&gw, f, &body, &fresh_session()).await;
+                assert_eq!((status, code.as_str()), (403, "tool_denied"), "{text}");
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert!(v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("tool_arg_validation"));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn allowed_tool_calls_pass_byte_identical() {
+    let mock = start_mock(&[]);
+    let reference = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(&mock, &data.path().join("audit"), TOOLS));
+    let args = "{\"schema\":\"finance\",\"sql\":\"select count(*) from invoices\"}";
+    for f in FORMATS {
+        for stream in [true, false] {
+            for chunk in [1, 3, 7, 64] {
+                let body = request(f, "postgres_query", args, chunk, stream);
+                let (status, code, through) = send(&gw, f, &body, &fresh_session()).await;
+                assert_eq!(status, 200, "{f:?} {stream} {code}: {through}");
+                // The reference mock answers its n-th call like the
+                // gateway's mock answered its n-th call.
+                let expected = direct(&reference, f, &body).await;
+                assert_eq!(through, expected, "{f:?} stream={stream} chunk={chunk}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn non_streamed_denied_tool_calls_get_a_403_in_the_callers_format() {
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(&mock, &data.path().join("audit"), TOOLS));
+    for f in FORMATS {
+        let body = request(f, "shell_exec", "{\"cmd\":\"rm -rf /\"}", 8, false);
+        let (status, code, text) = send(&gw, f, &body, &fresh_session()).await;
+        assert_eq!((status, code.as_str()), (403, "tool_denied"), "{f:?}");
+        assert!(!text.contains("rm -rf"));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        match f {
+            Format::Anthropic => {
+                assert_eq!(v["type"], "error");
+                assert_eq!(v["error"]["type"], "permission_error");
+            }
+            _ => assert_eq!(v["error"]["code"], "tool_denied"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn loop_guard_ends_the_session_at_the_limit() {
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let gw = Gateway::start(&config(&mock, &dir, TOOLS));
+    let args = "{\"schema\":\"finance\",\"sql\":\"select 1\"}";
+    for (i, f) in FORMATS.into_iter().enumerate() {
+        let session = format!("loop-{i}");
+        // max_repeats: 3 — three identical calls pass, streamed or not.
+        for n in 0..3 {
+            let body = request(f, "postgres_query", args, 4, n % 2 == 0);
+            let (status, code, _) = send(&gw, f, &body, &session).await;
+            assert_eq!((status, code.as_str()), (200, ""), "{f:?} call {n}");
+        }
+        // The fourth ends the session, in the stream's own format.
+        let body = request(f, "postgres_query", args, 4, true);
+        let (status, _, text) = send(&gw, f, &body, &session).await;
+        assert_eq!(status, 200);
+        assert_denied_stream(f, &text, "loop_guard");
+        // Any further call in the session is refused before the upstream.
+        let before = mock_calls(&mock).await;
+        let body = request(
+            f,
+            "postgres_query",
+            "{\"schema\":\"finance\",\"sql\":\"select 2\"}",
+            4,
+            false,
+        );
+        let (status, code, _) = send(&gw, f, &body, &session).await;
+        assert_eq!((status, code.as_str()), (403, "loop_guard"));
+        assert_eq!(
+            mock_calls(&mock).await,
+            before,
+            "the upstream was not called"
+        );
+        // Another session is not affected.
+        let (status, _, _) = send(&gw, f, &body, &format!("other-{i}")).await;
+        assert_eq!(status, 200);
+    }
+    let rows = records(&dir);
+    let ended = rows
+        .iter()
+        .filter(|r| r.reason.as_deref() == Some("loop_guard"))
+        .count();
+    assert_eq!(ended, 6, "three session ends and three refused calls");
+}
+
+async fn check(gw: &Gateway, what: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(gw.url(&format!("/v1/tools/{what}")))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn tools_check_and_execute() {
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let gw = Gateway::start(&config(&mock, &dir, TOOLS));
+
+    let (s, v) = check(
+        &gw,
+        "check",
+        json!({"tool": "postgres_query", "arguments": {"schema": "finance", "sql": "select 1"}, "session_id": "c1"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["catalog_id"], "postgres.query");
+    let steps: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "tools_denied",
+            "tool_discovery",
+            "tool_arg_validation",
+            "schemas_acl",
+            "loop_guard"
+        ]
+    );
+    for s in v["steps"].as_array().unwrap() {
+        assert_eq!(s["aspect"], "tools");
+        assert!(s.get("provenance").is_some() && s.get("evidence").is_some());
+    }
+
+    for (body, step, code) in [
+        (
+            json!({"tool": "shell_exec", "arguments": {"cmd": "ls"}}),
+            "tools_denied",
+            "tool_denied",
+        ),
+        (json!({"tool": "made_up"}), "tool_discovery", "tool_denied"),
+        (
+            json!({"tool": "postgres_query", "arguments": {"schema": "pii_archive"}}),
+            "schemas_acl",
+            "tool_denied",
+        ),
+        (
+            json!({"tool": "stripe_create_refund", "arguments": {"amount": 1001}}),
+            "tool_arg_validation",
+            "tool_denied",
+        ),
+        (
+            json!({"tool": "postgres_query", "arguments": "{\"schema\": "}),
+            "tool_arg_validation",
+            "tool_denied",
+        ),
+        (
+            json!({"tool": "postgres_query", "arguments": {"x": 1},
+            "schema": {"type": "object", "required": ["sql"]}}),
+            "tool_arg_validation",
+            "tool_denied",
+        ),
+    ] {
+        let (s, v) = check(&gw, "check", body.clone()).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["decision"], "deny", "{body}");
+        assert_eq!(v["code"], code);
+        let last = v["steps"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            (last["step"].as_str(), last["decision"].as_str()),
+            (Some(step), Some("deny")),
+            "{v}"
+        );
+        assert!(v["reason"].as_str().unwrap().contains(step));
+        // execute refuses it as an error in the OpenAI format.
+        let (s, e) = check(&gw, "execute", body).await;
+        assert_eq!(s, 403);
+        assert_eq!(e["error"]["code"], code);
+    }
+
+    // Loop guard through check: the fourth identical check ends the session.
+    let same = json!({"tool": "postgres_query", "arguments": {"schema": "customers"}, "session_id": "c-loop"});
+    for _ in 0..3 {
+        assert_eq!(
+            check(&gw, "check", same.clone()).await.1["decision"],
+            "allow"
+        );
+    }
+    let (_, v) = check(&gw, "check", same.clone()).await;
+    assert_eq!(
+        (v["decision"].as_str(), v["code"].as_str()),
+        (Some("deny"), Some("loop_guard"))
+    );
+
+    // An allowed call has no executor here: a clear 501.
+    let (s, e) = check(
+        &gw,
+        "execute",
+        json!({"tool": "postgres_query", "arguments": {"schema": "finance"}}),
+    )
+    .await;
+    assert_eq!(s, 501);
+    assert_eq!(e["error"]["code"], "tool_executor_unavailable");
+
+    // Bad requests: OpenAI-format errors.
+    for bad in [
+        json!({}),
+        json!({"tool": 3}),
+        json!({"tool": "x", "extra": 1}),
+        json!([1]),
+    ] {
+        let (s, e) = check(&gw, "check", bad).await;
+        assert_eq!(s, 400);
+        assert_eq!(e["error"]["code"], "invalid_request");
+    }
+    let r = client()
+        .post(gw.url("/v1/tools/check"))
+        .json(&json!({"tool": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client()
+        .get(gw.url("/v1/tools/check"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+
+    // Every check has an audit row with its fragments.
+    let rows = records(&dir);
+    assert!(rows.iter().filter(|r| r.endpoint == "tools_check").count() >= 10);
+}
+
+/// The catalog steward's signed Compiled Policy: `pii_archive: deny` drops
+/// a catalog update on that schema (`schemas_acl`), in a check and in a
+/// streamed tool call.
+#[tokio::test]
+async fn compiled_policy_schemas_acl_drops_pii_archive() {
+    use tappass_policies::{keypair_from_seed, sign, CompiledPolicy};
+    let mock = start_mock(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let (secret, public) = keypair_from_seed([7u8; 32]);
+    let public_file = dir.path().join("policy.pub");
+    std::fs::write(&public_file, serde_json::to_string(&public).unwrap()).unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies/examples/golden/catalog-steward/compiled.json");
+    let mut p: CompiledPolicy =
+        serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    // This test is about tools: no prices are configured for a dollar budget.
+    p.budget.dollars_per_month = None;
+    p.budget.tokens_per_day = None;
+    std::fs::write(
+        policies.join("catalog-steward.json"),
+        serde_json::to_string(&sign(&p, &secret).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let agent_key = "tp-catalog-steward-key";
+    let gw = Gateway::start_with_keys(
+        &format!(
+            "local_policies:\n  dir: {}\n  public_key_file: {}\nproviders:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n",
+            policies.display(),
+            public_file.display(),
+            mock.url()
+        ),
+        &[("catalog-steward", agent_key)],
+    );
+    let check_as = |body: Value| {
+        let url = gw.url("/v1/tools/check");
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(agent_key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let v =
+        check_as(json!({"tool": "collibra_update_asset", "arguments": {"domain": "pii_archive"}}))
+            .await;
+    assert_eq!(v["decision"], "deny", "{v}");
+    let last = v["steps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["step"], "schemas_acl");
+    assert_eq!(last["provenance"], "policy:tools.schemas_acl");
+    let v =
+        check_as(json!({"tool": "collibra_update_asset", "arguments": {"domain": "customers"}}))
+            .await;
+    assert_eq!(v["decision"], "allow", "{v}");
+    // A tool off the agent's allow-list.
+    let v = check_as(json!({"tool": "gmail_send", "arguments": {}})).await;
+    assert_eq!(v["decision"], "deny", "{v}");
+
+    // The same call streamed by the model.
+    let directive = format!(
+        "MOCK:{}",
+        json!({"tool_call": {"name": "collibra_update_asset", "arguments": "{\"domain\":\"pii_archive\"}"}, "chunk_size": 3})
+    );
+    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": directive}],
+        "tools": [{"type": "function", "function": {"name": "collibra_update_asset", "parameters": {"type": "object"}}}]});
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(agent_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_denied_stream(Format::Chat, &text, "tool_denied");
+    assert!(text.contains("schemas_acl"), "{text}");
+}
