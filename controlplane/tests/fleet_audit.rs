@@ -4,10 +4,13 @@
 //! URL --expect-head` checks the gateway's WAL against both (across a key
 //! rotation), and reports for another gateway's id are refused.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, sibling, wait_port};
 use serde_json::Value;
 use tappass_audit::chain::CheckpointKind;
 use tappass_audit::{AuditKey, WalReader};
@@ -37,36 +40,6 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The workspace's other binaries sit beside this package's.
-fn sibling(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_tappass"))
-        .parent()
-        .unwrap()
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace binaries first (make test does)",
-        p.display()
-    );
-    p
 }
 
 fn tappass(args: &[&str], token: &str) -> Output {

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{test_options, Running};
+use common::{free_port, sibling, test_options, wait_port, Running};
 use serde_json::{json, Value};
 use tappass_controlplane::records::CreateAgent;
 
@@ -24,38 +24,6 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn sibling(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_tappass"))
-        .parent()
-        .unwrap()
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace binaries first (make test does)",
-        p.display()
-    );
-    p
-}
-
-async fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -86,8 +54,8 @@ async fn start_gateway(dir: &Path, name: &str, xds: &str, snapshot_key: &str) ->
         .spawn()
         .unwrap();
     let gw = Gateway { child, port, admin };
-    wait_port(port).await;
-    wait_port(admin).await;
+    wait_port(port);
+    wait_port(admin);
     gw
 }
 

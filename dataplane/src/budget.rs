@@ -512,10 +512,12 @@ impl CallBudget {
         let spent = match usage.filter(|u| *u != Usage::default()) {
             Some(u) if ok => {
                 let (input, output) = if streamed && !complete {
-                    (
-                        u.input_tokens.max(self.prompt_estimate),
-                        u.output_tokens.max(counted),
-                    )
+                    let input = if u.input_tokens > 0 {
+                        u.input_tokens
+                    } else {
+                        self.prompt_estimate
+                    };
+                    (input, u.output_tokens.max(counted))
                 } else {
                     (u.input_tokens, u.output_tokens)
                 };

@@ -131,3 +131,35 @@ impl Running {
         v
     }
 }
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (at most 20 s) until something listens on `port`.
+pub fn wait_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Another binary of the workspace, built beside this package's.
+pub fn sibling(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_tappass"))
+        .parent()
+        .unwrap()
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (make test does)",
+        p.display()
+    );
+    p
+}

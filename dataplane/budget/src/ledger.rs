@@ -431,7 +431,12 @@ impl Ledger {
                     used,
                     requested: amount,
                     resets_at: now.resets_at(w),
-                    retry_after: now.seconds_until_reset(w),
+                    // A lease can be renewed long before the window ends.
+                    retry_after: if lease_short {
+                        1
+                    } else {
+                        now.seconds_until_reset(w)
+                    },
                     lease_short,
                 });
             }

@@ -214,30 +214,54 @@ fn write_loop(db: DB, rx: mpsc::Receiver<Op>, mut totals: HashMap<String, u64>) 
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut batch = WriteBatch::default();
+        // One batch per wake-up. A reservation settled within the same
+        // batch is never written: only its settled totals are.
+        let mut opened: HashMap<u64, Entries> = HashMap::new();
+        let mut settled: Vec<u64> = Vec::new();
+        let mut touched: Vec<String> = Vec::new();
         let mut barriers = Vec::new();
-        let mut apply = |op: Op, batch: &mut WriteBatch| match op {
+        let mut ops = 0usize;
+        let mut apply = |op: Op| match op {
             Op::Reserve(id, entries) => {
-                let entries: Vec<(&str, u64)> = entries.iter().map(|(k, n)| (&**k, *n)).collect();
-                let v = serde_json::to_vec(&entries).unwrap_or_default();
-                batch.put(reservation_key(id), v);
+                opened.insert(id, entries);
             }
             Op::Settle(id, spent) => {
                 for (counter, n) in spent {
-                    let t = totals.entry(counter.to_string()).or_insert(0);
+                    let key = counter.to_string();
+                    let t = totals.entry(key.clone()).or_insert(0);
                     *t = t.saturating_add(n);
-                    batch.put(format!("{COUNTER}{counter}"), t.to_string());
+                    touched.push(key);
                 }
-                batch.delete(reservation_key(id));
+                if opened.remove(&id).is_none() {
+                    settled.push(id);
+                }
             }
             Op::Barrier(done) => barriers.push(done),
         };
-        apply(first, &mut batch);
-        while batch.len() < 4096 {
+        apply(first);
+        while ops < 4096 {
             match rx.try_recv() {
-                Ok(op) => apply(op, &mut batch),
+                Ok(op) => {
+                    apply(op);
+                    ops += 1;
+                }
                 Err(_) => break,
             }
+        }
+        let mut batch = WriteBatch::default();
+        for (id, entries) in &opened {
+            let entries: Vec<(&str, u64)> = entries.iter().map(|(k, n)| (&**k, *n)).collect();
+            let v = serde_json::to_vec(&entries).unwrap_or_default();
+            batch.put(reservation_key(*id), v);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for key in &touched {
+            let t = totals.get(key).copied().unwrap_or(0);
+            batch.put(format!("{COUNTER}{key}"), t.to_string());
+        }
+        for id in settled {
+            batch.delete(reservation_key(id));
         }
         if !batch.is_empty() {
             if let Err(e) = db.write_opt(batch, &wo) {
