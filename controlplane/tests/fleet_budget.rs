@@ -181,6 +181,33 @@ async fn two_gateways_share_one_org_budget_within_its_limit() {
         "the fleet stopped early: {total} of {LIMIT}"
     );
 
+    // Each gateway reports its lease and the fleet's spend beside its own.
+    let v: Value = http
+        .get(format!("http://127.0.0.1:{}/budgets", a.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let line = v["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["scope"] == "org:acme")
+        .unwrap()
+        .clone();
+    let lease = line["lease"].as_u64().expect("a shared limit reports its lease");
+    assert!(lease >= used_a && lease <= LIMIT, "{line}");
+    let fleet = line["fleet_committed"].as_u64().unwrap();
+    assert!(fleet > used_a && fleet <= LIMIT, "{line}");
+    let show = std::process::Command::new(env!("CARGO_BIN_EXE_tappass"))
+        .args(["budget", "show", "--gateway", &format!("http://127.0.0.1:{}", a.admin)])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success() && out.contains("org:acme"), "{out}");
+
     // The control plane's book agrees: leases never add up past the limit.
     let book = cp.get("/v1/budgets").await;
     let shared = &book["shared"][0];

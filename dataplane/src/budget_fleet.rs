@@ -121,6 +121,7 @@ impl FleetLeases {
                 for g in reply.grants {
                     if let Some(c) = counters.iter().find(|c| *c.key == *g.counter) {
                         c.set_lease(g.lease);
+                        c.set_fleet_committed(g.fleet_committed);
                     }
                 }
             }

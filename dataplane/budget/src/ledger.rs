@@ -86,6 +86,8 @@ pub struct Counter {
     touched_ms: std::sync::atomic::AtomicI64,
     /// The largest shortfall of the lease since the last renewal.
     wanted: AtomicU64,
+    /// What the whole fleet had committed at the last renewal.
+    fleet_committed: AtomicU64,
 }
 
 impl Counter {
@@ -114,6 +116,10 @@ impl Counter {
     /// Enforce a new lease (from the control plane).
     pub fn set_lease(&self, lease: u64) {
         self.lease.store(lease, Ordering::Release);
+    }
+    /// Record what the fleet had committed, as the control plane said.
+    pub fn set_fleet_committed(&self, n: u64) {
+        self.fleet_committed.store(n, Ordering::Release);
     }
     /// Lower the lease to what is committed now, giving the rest back;
     /// returns the new lease.
@@ -280,6 +286,12 @@ pub struct ReportLine {
     pub remaining: u64,
     /// Unix seconds.
     pub resets_at: i64,
+    /// For a limit shared by the fleet: this gateway's lease, and what the
+    /// whole fleet had committed at the last renewal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_committed: Option<u64>,
 }
 
 /// Budget counters of one gateway.
@@ -354,6 +366,7 @@ impl Ledger {
                 limit: AtomicU64::new(a.limit.max),
                 touched_ms: std::sync::atomic::AtomicI64::new(now.unix_ms),
                 wanted: AtomicU64::new(0),
+                fleet_committed: AtomicU64::new(0),
             })
         })
     }
@@ -485,6 +498,16 @@ impl Ledger {
             reserved,
             remaining: limit.max.saturating_sub(used.saturating_add(reserved)),
             resets_at: now.resets_at(limit.window),
+            lease: None,
+            fleet_committed: None,
+        };
+        let shared = |mut l: ReportLine, c: &Counter| {
+            if c.shared {
+                l.lease = Some(c.lease());
+                l.fleet_committed = Some(c.fleet_committed.load(Ordering::Acquire));
+                l.remaining = l.remaining.min(c.lease().saturating_sub(c.committed()));
+            }
+            l
         };
         for r in rules.rules() {
             for limit in &r.limits {
@@ -492,11 +515,16 @@ impl Ledger {
                 match &r.scope.name {
                     Some(name) => {
                         let key = counter_key(r.scope.kind, name, limit, index);
-                        let (used, reserved) = match self.counters.get(&key) {
-                            Some(c) => (c.used(), c.reserved()),
-                            None => (self.baseline.get(&key).copied().unwrap_or(0), 0),
-                        };
-                        out.push(line(format!("{}", r.scope), limit, used, reserved));
+                        match self.counters.get(&key) {
+                            Some(c) => out.push(shared(
+                                line(format!("{}", r.scope), limit, c.used(), c.reserved()),
+                                &c,
+                            )),
+                            None => {
+                                let used = self.baseline.get(&key).copied().unwrap_or(0);
+                                out.push(line(format!("{}", r.scope), limit, used, 0));
+                            }
+                        }
                     }
                     None => {
                         let mut found: Vec<ReportLine> = self
@@ -509,7 +537,9 @@ impl Ledger {
                                     && c.model == limit.model
                                     && c.index == index
                             })
-                            .map(|(_, c)| line(c.scope.clone(), limit, c.used(), c.reserved()))
+                            .map(|(_, c)| {
+                                shared(line(c.scope.clone(), limit, c.used(), c.reserved()), &c)
+                            })
                             .collect();
                         // Counters persisted by an earlier run that no call
                         // has touched since.

@@ -110,14 +110,20 @@ fn show(a: &ShowArgs) -> Result<u8> {
         return Ok(0);
     }
     println!(
-        "{:<28} {:<28} {:>14} {:>14} {:>14} {:>14}  resets",
-        "scope", "limit", "max", "spent", "reserved", "remaining"
+        "{:<28} {:<28} {:>14} {:>14} {:>14} {:>14}  {:<20}  fleet (lease / fleet spent)",
+        "scope", "limit", "max", "spent", "reserved", "remaining", "resets"
     );
     for l in lines {
         let unit = l["metric"].as_str().unwrap_or("");
         let n = |k: &str| amount(unit, l[k].as_u64().unwrap_or(0));
+        let fleet = match (l["lease"].as_u64(), l["fleet_committed"].as_u64()) {
+            (Some(lease), Some(fleet)) => {
+                format!("{} / {}", amount(unit, lease), amount(unit, fleet))
+            }
+            _ => "-".to_string(),
+        };
         println!(
-            "{:<28} {:<28} {:>14} {:>14} {:>14} {:>14}  {}",
+            "{:<28} {:<28} {:>14} {:>14} {:>14} {:>14}  {:<20}  {fleet}",
             l["scope"].as_str().unwrap_or(""),
             l["limit"].as_str().unwrap_or(""),
             n("max"),
