@@ -145,7 +145,10 @@ pub fn free_port() -> u16 {
 pub fn wait_port(port: u16) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "nothing listens on {port}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
