@@ -44,6 +44,9 @@ pub struct StreamScanner {
     hits: Vec<(u32, usize)>,
     /// Per rule: end of the last emitted finding (absolute normalized).
     emitted_until: Vec<usize>,
+    /// Confirmed findings not yet emitted: an open cluster may still yield
+    /// a finding that contains and outranks them (block-mode merge rules).
+    held: Vec<Raw>,
     released: usize,
     finished: bool,
 }
@@ -68,6 +71,7 @@ impl RuleSet {
             clusters: Vec::new(),
             hits: Vec::new(),
             emitted_until: vec![0; self.len()],
+            held: Vec::new(),
             released: 0,
             finished: false,
         })
@@ -176,7 +180,22 @@ impl StreamScanner {
         raws.retain(|r| {
             r.span.start >= self.emitted_until[r.rule as usize] || r.encoding.is_some()
         });
-        let raws = merge(self.rs.rules_slice(), raws);
+        raws.append(&mut self.held);
+        let mut raws = merge(self.rs.rules_slice(), raws);
+        // Hold back what an open cluster's future match could still contain.
+        if !finished {
+            let open_lo = self
+                .clusters
+                .iter()
+                .map(|c| c.first.saturating_sub(self.rs.rule(c.rule).hs_max_len))
+                .min();
+            if let Some(lo) = open_lo {
+                let (keep, emit): (Vec<Raw>, Vec<Raw>) =
+                    raws.into_iter().partition(|r| r.span.end > lo);
+                self.held = keep;
+                raws = emit;
+            }
+        }
         for r in &raws {
             let e = &mut self.emitted_until[r.rule as usize];
             *e = (*e).max(r.span.end);
@@ -199,6 +218,9 @@ impl StreamScanner {
             for c in &self.clusters {
                 let lo = c.first.saturating_sub(self.rs.rule(c.rule).hs_max_len);
                 s = s.min(lo);
+            }
+            for r in &self.held {
+                s = s.min(r.span.start);
             }
             s.max(self.base)
         };

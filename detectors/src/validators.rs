@@ -993,6 +993,53 @@ mod tests {
     }
 
     #[test]
+    fn placeholder_structure() {
+        for p in [
+            "$GITHUB_TOKEN",
+            "[PASSWORD]",
+            "${SECRET}",
+            "$(vault read x)",
+            "eyJzaWduSW5B..",
+            "aaaaaa1bcdefgh",
+            "12312312312312312312",
+            "EXAMPLEEXAMPLEEXAMPLE",
+            "aaaaaaaaaa1111111111bbbbbbbbbb2222222222",
+        ] {
+            assert!(looks_placeholder(p), "{p}");
+        }
+        for real in [
+            "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3z5A",
+            "d45b6G86aBb0F2Cee943902dbaDBCFCFDD1dA089",
+            "7a388b69018576d24b59331fd60aab0c",
+        ] {
+            assert!(!looks_placeholder(real), "{real}");
+        }
+        assert!(has_placeholder_word(
+            "sha256~XXXXXXXXXX_PUT_YOUR_TOKEN_HERE"
+        ));
+        assert!(!has_placeholder_word("Zq8TwLm2Rv5Kx"));
+    }
+
+    #[test]
+    fn vendor_prefixes_and_phone_shapes() {
+        assert!(vendor_token("xoxp-1234-1234"));
+        assert!(vendor_token("ghp_abc"));
+        assert!(!vendor_token("Zq8TwLm2Rv5Kx"));
+        assert!(phone("030 90182034"));
+        assert!(!phone("03/06/1983"), "date");
+        assert!(!phone("12.03.1980"), "date");
+        assert!(!phone("092-03-9794"), "SSN layout");
+    }
+
+    #[test]
+    fn legacy_jcb_cards() {
+        for ok in ["180038337281747", "213192422982312"] {
+            assert!(card(ok), "{ok}");
+            assert!(!card(&bump_last_digit(ok)), "off by one {ok}");
+        }
+    }
+
+    #[test]
     fn unknown_validator_rejects() {
         assert!(run("nope", "x").is_none());
     }

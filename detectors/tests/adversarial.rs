@@ -323,3 +323,24 @@ proptest! {
         prop_assert_eq!(streamed, ids(&findings));
     }
 }
+
+/// A finding inside a higher-ranking one (a phone-like run inside an IBAN,
+/// a card-like run inside an IBAN) is dropped in streaming exactly as in
+/// block mode, wherever the chunks are cut.
+#[test]
+fn streaming_merge_matches_block_mode() {
+    let text = " DE89 3704 0044 0532 0130 00 AAAa.aaA aaaa.aaaa@example.de \nAaA .,A.Aa.\nAA. \
+                yapkxvz.pb@example.de   bw .m  . GB58 EFEA 5985 7942 4287 26 please";
+    let block = ids(&rs().scan(text).unwrap());
+    assert!(
+        block.iter().all(|(id, _, _)| id == "iban" || id == "email"),
+        "block: {block:?}"
+    );
+    for cut in 0..=text.len() {
+        assert_eq!(ids(&stream(text, &[cut])), block, "cut at {cut}");
+    }
+    assert_eq!(
+        ids(&stream(text, &(0..text.len()).collect::<Vec<_>>())),
+        block
+    );
+}

@@ -317,6 +317,49 @@ fn benign_prompts(here: &Path, corpora: &Path) -> Result<Vec<String>> {
     Ok(v)
 }
 
+/// promptfoo's bundled prompt-injection templates (the `data.ts` region of
+/// its strategies bundle: one JSON string literal per line).
+fn promptfoo_templates(corpora: &Path) -> Vec<String> {
+    let dir = corpora.join("x/promptfoo/package/dist/src");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("strategies-") && n.ends_with(".js"))
+        })
+        .collect();
+    paths.sort();
+    for p in paths {
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let Some(start) = text.find("//#region src/redteam/strategies/promptInjections/data.ts")
+        else {
+            continue;
+        };
+        let mut out = Vec::new();
+        for line in text[start..].lines().skip(2) {
+            let l = line.trim().trim_end_matches(',');
+            if l.starts_with(']') {
+                break;
+            }
+            if let Ok(serde_json::Value::String(t)) = serde_json::from_str::<serde_json::Value>(l) {
+                if t.contains("__PROMPT__") {
+                    out.push(t);
+                }
+            }
+        }
+        if !out.is_empty() {
+            return out;
+        }
+    }
+    Vec::new()
+}
+
 fn injection_quality(rs: &RuleSet, corpora: &Path, here: &Path) -> Result<()> {
     println!(
         "## Prompt injection (threshold {})\n",
@@ -404,6 +447,40 @@ fn injection_quality(rs: &RuleSet, corpora: &Path, here: &Path) -> Result<()> {
         benign.len(),
         bfp as f64 / benign.len() as f64
     );
+    // Held out (no rule was written or tuned against it): promptfoo's
+    // jailbreak templates.
+    let pf = promptfoo_templates(corpora);
+    if pf.is_empty() {
+        println!(
+            "promptfoo templates not found under {} (run run.sh).\n",
+            corpora.display()
+        );
+    } else {
+        let (mut n, mut hit, mut nn, mut nhit) = (0, 0, 0, 0);
+        for t in &pf {
+            nn += 1;
+            nhit += rs
+                .score_injection(&t.replace("__PROMPT__", "tell me a joke"))?
+                .exceeds(th) as usize;
+            for i in &ins {
+                n += 1;
+                let text = t.replace("__PROMPT__", i["instruction"].as_str().unwrap_or(""));
+                hit += rs.score_injection(&text)?.exceeds(th) as usize;
+            }
+        }
+        println!("Held out (not used for tuning): promptfoo 0.123.1 jailbreak templates.\n");
+        println!("| set | n | flagged | rate |\n|---|---:|---:|---:|");
+        println!(
+            "| promptfoo: {} templates × {} spikee instructions | {n} | {hit} | {:.3} |",
+            pf.len(),
+            ins.len(),
+            hit as f64 / n.max(1) as f64
+        );
+        println!(
+            "| promptfoo templates with a neutral instruction (\"tell me a joke\") | {nn} | {nhit} | {:.3} |\n",
+            nhit as f64 / nn.max(1) as f64
+        );
+    }
     println!(
         "Per jailbreak type (template × instruction):\n\n| type | n | flagged |\n|---|---:|---:|"
     );
@@ -483,7 +560,9 @@ fn mixed_text(shared: &Path, here: &Path, size: usize, mix: Mix) -> Result<Strin
 
 fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
     let reps = 5;
-    println!("## Speed (one core, 8 MiB of text in 64 KiB blocks, best of {reps})\n");
+    println!(
+        "## Speed (one core, thread CPU time, 8 MiB of text in 64 KiB blocks, best of {reps})\n"
+    );
     println!("| text | mode | MB/s | ratio to raw |\n|---|---|---:|---:|");
     let mut notes = Vec::new();
     let only = std::env::var("MIX").ok();
@@ -510,12 +589,14 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             v
         };
         let mb = text.len() as f64 / 1e6;
+        // CPU time of this thread: on a shared machine, time spent waiting
+        // for a core is not counted.
         let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
             let mut b = f64::MAX;
             for _ in 0..reps {
-                let t = Instant::now();
+                let t = thread_cpu_seconds();
                 f()?;
-                b = b.min(t.elapsed().as_secs_f64());
+                b = b.min(thread_cpu_seconds() - t);
             }
             Ok(b)
         };
@@ -590,6 +671,21 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
         println!("{n}\n");
     }
     Ok(())
+}
+
+/// CPU time consumed by the calling thread, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant
+    // supported on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// Diagnostic: raw Hyperscan throughput of the database without each
