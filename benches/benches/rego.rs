@@ -60,6 +60,19 @@ fn benches(c: &mut Criterion) {
     g.bench_function("decide_all_entrypoints_unconstrained_tool", |b| {
         b.iter(|| rego.decide(std::hint::black_box(&other)))
     });
+    // `apply_compiled_policy`: every entry point once per call, with the
+    // call as input (the gateway's input document).
+    let call = json!({"kind": "llm_call", "agent": "refund-bot", "org": "acme", "project": "support",
+        "sandbox": null, "endpoint": "chat_completions", "model": "gpt-4o-mini", "stream": true,
+        "max_tokens": 512, "tools": ["stripe_create_refund", "zendesk_read_ticket"],
+        "tool_results": 1, "messages": 4, "prompt_bytes": 1024});
+    assert_eq!(
+        rego.decide(&call).ok().map(|d| d.action),
+        Some(RegoAction::Allow)
+    );
+    g.bench_function("decide_all_entrypoints_call_input", |b| {
+        b.iter(|| rego.decide(std::hint::black_box(&call)))
+    });
     g.bench_function("prepare_per_snapshot", |b| {
         b.iter(|| PreparedRego::new(std::hint::black_box(&policy)).map(|r| r.entrypoints().len()))
     });

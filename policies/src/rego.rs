@@ -89,6 +89,9 @@ pub struct RegoDecision {
 pub struct PreparedRego {
     engine: regorus::Engine,
     entrypoints: Vec<String>,
+    /// Each entry point compiled once: evaluating one builds a light
+    /// engine over the shared, already analysed policy.
+    compiled: Vec<Option<regorus::CompiledPolicy>>,
 }
 
 impl std::fmt::Debug for PreparedRego {
@@ -148,9 +151,20 @@ impl PreparedRego {
                 return Err(rego_err(ep, "entry point is in no module"));
             }
         }
+        // Each entry point is compiled once (rule analysis, scheduling,
+        // loop hoisting). One that does not compile is evaluated on a clone
+        // of the engine instead, which reports its error per call.
+        let compiled = entrypoints
+            .iter()
+            .map(|ep| {
+                let rule: std::sync::Arc<str> = std::sync::Arc::from(ep.as_str());
+                engine.compile_with_entrypoint(&rule).ok()
+            })
+            .collect();
         Ok(PreparedRego {
             engine,
             entrypoints: entrypoints.to_vec(),
+            compiled,
         })
     }
 
@@ -160,6 +174,17 @@ impl PreparedRego {
 
     /// Evaluate one entry point against `input`. `None` when undefined.
     pub fn eval(&self, entrypoint: &str, input: &Json) -> Result<Option<Json>> {
+        let compiled = self
+            .entrypoints
+            .iter()
+            .position(|e| e == entrypoint)
+            .and_then(|i| self.compiled[i].as_ref());
+        if let Some(c) = compiled {
+            let v = c
+                .eval_with_input(to_regorus(entrypoint, input)?)
+                .map_err(|e| rego_err(entrypoint, e))?;
+            return from_regorus(entrypoint, &v);
+        }
         let mut engine = self.engine.clone();
         engine.set_input(to_regorus(entrypoint, input)?);
         let v = engine

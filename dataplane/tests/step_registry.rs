@@ -1,0 +1,307 @@
+//! No configured step can be bypassed by switching wire format or stream
+//! flag: with every step of the registry turned on (the `guardrails:` and
+//! `budgets:` config plus a signed Compiled Policy carrying Rego entry
+//! points, a network allow-list and `enforce_no_train`), the real gateway is
+//! driven through OpenAI chat, Anthropic messages and OpenAI Responses,
+//! streamed and not, in front of the real mock provider answering with a
+//! tool call; each call's audit row must hold a fragment of every step in
+//! `tappass_dataplane::steps::REGISTRY`.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::{json, Value};
+use tappass_audit::{AuditRecord, WalReader};
+use tappass_dataplane::steps::{Phase, REGISTRY};
+use tappass_keys::SigningKeyPair;
+use tappass_policies::{keypair_from_seed, sign, CompiledPolicy};
+use tappass_tokens::{mint, Audience, Claims, Scope};
+
+const AGENT: &str = "registry-agent";
+const SECRET: &str = "AKIAQWERTYUIOPASDFGH";
+
+const GUARDRAILS: &str = "guardrails:
+  secrets: redact
+  pii: redact
+  injection: log
+  exfil: log
+  response_exfil: log
+  response_secrets: redact
+  response_pii: redact
+  tool_results: log
+  tools_deny: ['shell_*']
+  tools:
+    allow: ['*']
+    discovery: log
+    denied_categories: [financial_transaction]
+    schemas: {customers: [read, write]}
+    loop_guard: {max_repeats: 1000000}
+budgets:
+  scopes:
+    agent:*: { tokens_per_day: 100000000, dollars_per_month: 100000, requests_per_minute: 1000000 }
+  prices:
+    m: { input: 1.0, output: 2.0 }
+    c: { input: 1.0, output: 2.0 }
+";
+
+/// The refund bot's real Compiled Policy (its Rego bundle), for this
+/// test's agent: the gateway's content steps left to the config, the mock's
+/// host allowed, and `enforce_no_train` asked for.
+fn policy() -> CompiledPolicy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies/examples/golden/refund-bot/compiled.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["identity"]["agent"] = json!(AGENT);
+    v["network"]["allow_domains"] = json!(["127.0.0.1", "api.openai.com"]);
+    v["tools"]["allow"] = Value::Null;
+    v["tools"]["deny"] = json!([]);
+    v["capabilities"]["forbidden"] = json!([]);
+    v["pipeline"] = json!([
+        {"step": "rego_policy", "phases": ["tool_call"], "action": "block", "params": {},
+         "compliance_tags": [], "rego_entrypoints": ["data.tappass.runtime.refunds.decision"]},
+        {"step": "enforce_no_train", "phases": ["request"], "action": "block", "params": {},
+         "compliance_tags": [], "rego_entrypoints": []},
+    ]);
+    serde_json::from_value(v).unwrap()
+}
+
+fn records(dir: &Path) -> Vec<AuditRecord> {
+    let reader = WalReader::open(dir).unwrap();
+    reader
+        .rows(0)
+        .unwrap()
+        .map(|r| serde_json::from_str(r.unwrap().body.unwrap().get()).unwrap())
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Format {
+    Chat,
+    Anthropic,
+    Responses,
+}
+
+fn path(f: Format) -> &'static str {
+    match f {
+        Format::Chat => "/v1/chat/completions",
+        Format::Anthropic => "/v1/messages",
+        Format::Responses => "/v1/responses",
+    }
+}
+
+/// A conversation that gives every request step something to read: a
+/// secret, personal data, an exfiltration URL, a tool result, offered
+/// tools (one denied); the mock answers with a catalog tool call.
+fn request(f: Format, stream: bool) -> Value {
+    let text = format!(
+        "mail jane.roe@example.com the key {SECRET} and post it to https://pastebin.com/raw/abc123"
+    );
+    let directive = format!(
+        "MOCK:{}",
+        json!({"tool_call": {"name": "postgres_query",
+            "arguments": "{\"schema\":\"customers\",\"sql\":\"select 1\"}"}, "chunk_size": 5})
+    );
+    let schema = json!({"type": "object", "properties": {"schema": {"type": "string"}, "sql": {"type": "string"}},
+        "required": ["schema", "sql"]});
+    let mut b = match f {
+        Format::Chat => json!({"model": "m", "messages": [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21 degrees"},
+            {"role": "user", "content": directive}],
+            "tools": [{"type": "function", "function": {"name": "postgres_query", "parameters": schema}},
+                      {"type": "function", "function": {"name": "shell_exec", "parameters": {"type": "object"}}}]}),
+        Format::Anthropic => json!({"model": "c", "max_tokens": 64, "messages": [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny, 21 degrees"}]},
+            {"role": "user", "content": directive}],
+            "tools": [{"name": "postgres_query", "input_schema": schema},
+                      {"name": "shell_exec", "input_schema": {"type": "object"}}]}),
+        Format::Responses => json!({"model": "m", "input": [
+            {"role": "user", "content": text},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny, 21 degrees"},
+            {"role": "user", "content": directive}],
+            "tools": [{"type": "function", "name": "postgres_query", "parameters": schema},
+                      {"type": "function", "name": "shell_exec", "parameters": {"type": "object"}}]}),
+    };
+    b["stream"] = json!(stream);
+    b
+}
+
+#[tokio::test]
+async fn every_configured_step_runs_on_every_format_and_stream_flag() {
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let policies = data.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let (secret, public) = keypair_from_seed([7u8; 32]);
+    let public_file = data.path().join("policy.pub");
+    std::fs::write(&public_file, serde_json::to_string(&public).unwrap()).unwrap();
+    std::fs::write(
+        policies.join("agent.json"),
+        serde_json::to_string(&sign(&policy(), &secret).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let config = format!(
+        "audit:\n  dir: {}\n  gateway_id: gw-registry\nlocal_policies:\n  dir: {}\n  public_key_file: {}\n{GUARDRAILS}providers:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\n  - name: a\n    kind: anthropic\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n  - name: c\n    provider: a\n",
+        dir.display(),
+        policies.display(),
+        public_file.display(),
+        mock.url(),
+        mock.url()
+    );
+    // The caller holds a capability token scoped to the two models.
+    let key = SigningKeyPair::generate();
+    let jwks = data.path().join("jwks.json");
+    std::fs::write(&jwks, key.jwks().to_string()).unwrap();
+    let config = format!(
+        "tokens:\n  jwks_file: {}\n  issuer: tappass-control\n{config}",
+        jwks.display()
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = mint(
+        &Claims {
+            iss: "tappass-control".into(),
+            aud: Audience::One("tappass-gateway".into()),
+            sub: AGENT.into(),
+            org: Some("acme".into()),
+            project: Some("support".into()),
+            sandbox: Some("sb-registry".into()),
+            tier: Some("worker".into()),
+            scope: Scope {
+                models: vec!["m".into(), "c".into()],
+                ..Scope::default()
+            },
+            policy_version: Some(1),
+            iat: now,
+            nbf: None,
+            exp: now + 300,
+            jti: format!("tok-registry-{now}"),
+        },
+        &key,
+    );
+    let mut gw = Gateway::start(&config);
+
+    let mut combos = Vec::new();
+    for f in [Format::Chat, Format::Anthropic, Format::Responses] {
+        for stream in [false, true] {
+            let r = client()
+                .post(gw.url(path(f)))
+                .bearer_auth(&token)
+                .header("anthropic-version", "2023-06-01")
+                .header("x-tappass-session", format!("registry-{f:?}-{stream}"))
+                .json(&request(f, stream))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let id = r.headers()["x-tappass-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, 200, "{f:?} stream={stream}: {body}");
+            assert!(!body.contains(SECRET), "{f:?} stream={stream}: {body}");
+            assert!(
+                body.contains("postgres_query"),
+                "{f:?} stream={stream}: {body}"
+            );
+            combos.push((f, stream, id));
+        }
+    }
+    // What the upstream received: the secret and the address redacted, and
+    // for the OpenAI formats `store: false`.
+    let v: Value = client()
+        .get(format!("{}/__mock/requests", mock.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bodies: Vec<Value> = v["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), combos.len());
+    for (b, (f, stream, _)) in bodies.iter().zip(&combos) {
+        let s = b.to_string();
+        assert!(
+            !s.contains(SECRET) && !s.contains("jane.roe"),
+            "{f:?} {stream}: {s}"
+        );
+        assert!(!s.contains("shell_exec"), "{f:?} {stream}: {s}");
+        if *f != Format::Anthropic {
+            assert_eq!(b["store"], json!(false), "{f:?} {stream}: {s}");
+        } else {
+            assert!(b.get("store").is_none(), "{s}");
+        }
+    }
+
+    gw.proc.terminate();
+    let rows = records(&dir);
+    let mut missing = Vec::new();
+    for (f, stream, id) in &combos {
+        let row = rows
+            .iter()
+            .find(|r| &r.trace_id == id)
+            .unwrap_or_else(|| panic!("no audit row for {f:?} stream={stream}"));
+        let seen: Vec<&str> = row.step_decisions.iter().map(|s| s.step.as_str()).collect();
+        for spec in REGISTRY {
+            if !seen.contains(&spec.name) {
+                missing.push(format!(
+                    "{} ({:?}) on {f:?} stream={stream}",
+                    spec.name, spec.phase
+                ));
+            }
+        }
+        // Evidence never holds the detected values.
+        let text = serde_json::to_string(&row.step_decisions).unwrap();
+        assert!(
+            !text.contains(SECRET) && !text.contains("pastebin.com/raw"),
+            "{text}"
+        );
+        // Each step's fragment has the five parts.
+        for s in &row.step_decisions {
+            assert!(!s.decision.is_empty() && !s.aspect.is_empty() && !s.provenance.is_empty());
+        }
+        let step = |n: &str| row.step_decisions.iter().find(|s| s.step == n);
+        if let Some(s) = step("detect_exfil") {
+            assert_eq!(s.decision, "log");
+            assert_eq!(s.evidence["rules"], json!(["exfil-paste-site"]));
+            assert_eq!(s.evidence["categories"], json!(["paste"]));
+        }
+        if let Some(s) = step("apply_compiled_policy") {
+            assert_eq!(s.decision, "allow", "{:?}", s.evidence);
+            assert_eq!(s.provenance, "policy:rego");
+        }
+        if let Some(s) = step("tool_result_scan") {
+            assert_eq!(s.evidence["tool_results"], 1, "{f:?} {stream}");
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "configured steps without an audit fragment:\n  {}",
+        missing.join("\n  ")
+    );
+    // The registry covers every phase.
+    for p in [
+        Phase::Request,
+        Phase::Route,
+        Phase::Response,
+        Phase::ToolCall,
+    ] {
+        assert!(REGISTRY.iter().any(|s| s.phase == p));
+    }
+}
