@@ -32,6 +32,10 @@ pub const MAX_EXTENDED_LEN: usize = 16 * 1024;
 /// (or the stream ended, or the match reached its maximum length).
 const STABLE_MARGIN: usize = 80;
 
+/// Injection rules whose required literals are all at least this long
+/// (rare phrases such as `regardless of`) use them as their prefilter.
+const INJECTION_MIN_LITERAL: usize = 7;
+
 /// Decoded blobs are scanned again at most this deep.
 const MAX_DECODE_DEPTH: u8 = 1;
 
@@ -91,6 +95,9 @@ pub(crate) struct Inner {
     pub hs_exprs: Vec<(String, String, bool)>,
     /// Rules of each Hyperscan expression id.
     pub group_rules: Vec<Vec<u32>>,
+    /// Groups whose prefilter is evaluated by byte scanning instead of by
+    /// Hyperscan ([`crate::trigger`]), with their group id.
+    pub triggers: Vec<(crate::trigger::Trigger, u32)>,
     pub groups: Vec<Group>,
 }
 
@@ -133,7 +140,17 @@ pub(crate) struct Raw {
 
 pub(crate) enum Confirm {
     Done,
-    Pending,
+    /// Needs more data. `retry_at`: the result cannot change before this
+    /// much data (absolute offset) is available, when that is known.
+    Pending {
+        retry_at: Option<usize>,
+    },
+    /// The matches found so far are final and were reported, but the window
+    /// is not complete yet: confirm again from `resume` (absolute) when more
+    /// data has arrived.
+    Partial {
+        resume: usize,
+    },
 }
 
 fn regex_syntax_config(caseless: bool) -> regex_automata::util::syntax::Config {
@@ -286,12 +303,15 @@ impl RuleSet {
             // selective ones, else its prefilter / pattern as written.
             // Injection rules are phrases of common words joined by bounded
             // gaps: their literals alone report on most prose, so Hyperscan
-            // matches the whole pattern and only real matches are confirmed.
-            let lits = if spec.prefilter.is_none()
-                && spec.decode.is_none()
-                && spec.category != Category::Injection
-            {
-                required_literals(&spec.id, &pattern, spec.caseless)?
+            // matches the whole pattern and only real matches are confirmed,
+            // unless every required literal is a long (rare) phrase.
+            let lits = if spec.prefilter.is_none() && spec.decode.is_none() {
+                let l = required_literals(&spec.id, &pattern, spec.caseless)?;
+                if spec.category == Category::Injection {
+                    l.filter(|l| l.min_len() >= INJECTION_MIN_LITERAL)
+                } else {
+                    l
+                }
             } else {
                 None
             };
@@ -360,9 +380,22 @@ impl RuleSet {
                 None => groups.push((p, *c, vec![i as u32])),
             }
         }
+        // Class-based triggers run as byte scans (unless nothing would be
+        // left for Hyperscan); everything else goes to the database.
+        let mut triggers: Vec<(crate::trigger::Trigger, u32)> = groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (p, c, _))| {
+                crate::trigger::Trigger::recognize(p, *c).map(|t| (t, i as u32))
+            })
+            .collect();
+        if triggers.len() == groups.len() {
+            triggers.clear();
+        }
         let exprs: Vec<hs::Expr<'_>> = groups
             .iter()
             .enumerate()
+            .filter(|(i, _)| !triggers.iter().any(|t| t.1 as usize == *i))
             .map(|(i, (p, c, _))| hs::Expr {
                 pattern: p,
                 id: i as u32,
@@ -412,7 +445,8 @@ impl RuleSet {
         let map_err = |e: hs::HsError| BuildError::Hyperscan {
             id: e
                 .expression
-                .and_then(|i| group_rules.get(i))
+                .and_then(|i| exprs.get(i))
+                .and_then(|x| group_rules.get(x.id as usize))
                 .and_then(|g| compiled.get(g[0] as usize))
                 .map(|r| r.id.to_string())
                 .unwrap_or_else(|| "<database>".into()),
@@ -470,7 +504,11 @@ impl RuleSet {
         if let Some((db, _)) = &injection_db {
             db.grow_scratch(&mut scratch).map_err(hs_err)?;
         }
-        let hold_back = compiled.iter().map(|r| r.hs_max_len).max().unwrap_or(0);
+        let mut hold_back = compiled.iter().map(|r| r.hs_max_len).max().unwrap_or(0);
+        if !triggers.is_empty() {
+            // a streaming scan rescans this much of the held text
+            hold_back = hold_back.max(crate::trigger::LOOKBACK);
+        }
         drop(exprs);
         let hs_exprs = groups
             .iter()
@@ -492,6 +530,7 @@ impl RuleSet {
                 hold_back,
                 hs_exprs,
                 group_rules,
+                triggers,
                 groups: group_info,
             }),
         })
@@ -561,6 +600,26 @@ impl RuleSet {
         });
     }
 
+    /// Names of the expressions of [`RuleSet::hs_expressions`] that are
+    /// evaluated by byte scanning rather than by the Hyperscan database.
+    #[doc(hidden)]
+    pub fn byte_triggered(&self) -> Vec<String> {
+        self.inner
+            .triggers
+            .iter()
+            .map(|t| self.inner.hs_exprs[t.1 as usize].0.clone())
+            .collect()
+    }
+
+    /// The whole prefilter stage without confirmation: the Hyperscan scan of
+    /// the block database plus the byte-scanned triggers. Returns the number
+    /// of reported ends.
+    pub fn raw_prefilter_count(&self, text: &[u8]) -> Result<u64, ScanError> {
+        let mut n = self.raw_hyperscan_count(text)?;
+        crate::trigger::scan(&self.inner.triggers, text, 0, true, &mut |_, _| n += 1);
+        Ok(n)
+    }
+
     /// Raw Hyperscan scan of the block database without confirmation (for
     /// benchmarks: the "raw" baseline). Returns the number of reported ends.
     pub fn raw_hyperscan_count(&self, text: &[u8]) -> Result<u64, ScanError> {
@@ -622,6 +681,9 @@ impl RuleSet {
         });
         self.put_scratch(scratch);
         res.map_err(|e| ScanError(e.message))?;
+        crate::trigger::scan(&self.inner.triggers, hay, 0, true, &mut |g, e| {
+            hits.push((g, e));
+        });
         let mut out = Vec::new();
         if hits.is_empty() {
             return Ok(out);
@@ -642,7 +704,7 @@ impl RuleSet {
             match &group.set {
                 None => {
                     for &rule in &group.rules {
-                        self.confirm(rule, first, last, hay, 0, true, depth, &mut out);
+                        self.confirm(rule, first, last, 0, hay, 0, true, depth, &mut out);
                     }
                 }
                 Some(set) => {
@@ -656,7 +718,7 @@ impl RuleSet {
                     set.which_overlapping_matches(&Input::new(hay).span(lo..hi), pats);
                     for k in pats.iter() {
                         let rule = group.rules[k.as_usize()];
-                        self.confirm(rule, first, last, hay, 0, true, depth, &mut out);
+                        self.confirm(rule, first, last, 0, hay, 0, true, depth, &mut out);
                     }
                 }
             }
@@ -664,15 +726,17 @@ impl RuleSet {
         Ok(merge(&self.inner.rules, out))
     }
 
-    /// Confirm one cluster of prefilter ends `[first, last]` of `rule`.
-    /// `hay` holds normalized bytes starting at absolute offset `base`;
-    /// reported spans are absolute.
+    /// Confirm one cluster of prefilter ends `[first, last]` of `rule`,
+    /// searching from `resume` (absolute) onwards when it is past the
+    /// window's start. `hay` holds normalized bytes starting at absolute
+    /// offset `base`; reported spans are absolute.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn confirm(
         &self,
         rule_ix: u32,
         first: usize,
         last: usize,
+        resume: usize,
         hay: &[u8],
         base: usize,
         finished: bool,
@@ -684,7 +748,7 @@ impl RuleSet {
             return Confirm::Done;
         }
         let avail = base + hay.len();
-        let lo_abs = first.saturating_sub(rule.hs_max_len).max(base);
+        let lo_abs = first.saturating_sub(rule.hs_max_len).max(base).max(resume);
         let hi_abs = (last + rule.ahead).min(avail);
         if lo_abs >= hi_abs {
             return Confirm::Done;
@@ -697,13 +761,33 @@ impl RuleSet {
             // A match close to the end of the data may still grow (greedy
             // repeats, optional suffixes such as a PEM END line).
             if !finished && m.len() < rule.max_len && hay.len() - m.end() < STABLE_MARGIN {
-                return Confirm::Pending;
+                // When the whole window and the byte after it are already
+                // available, the matches are final and only the margin
+                // after this one is missing.
+                let retry_at =
+                    (last + rule.ahead < avail).then_some(base + m.end() + STABLE_MARGIN);
+                return Confirm::Pending { retry_at };
             }
             matches.push(m.range());
         }
         if matches.is_empty() && rule.ahead > 0 && !finished && last + rule.ahead > avail {
-            return Confirm::Pending;
+            // No match in the window yet: a match can only appear ending at
+            // or after `avail`, and until STABLE_MARGIN more bytes arrive
+            // (and while the window is shorter than `max_len`) it would
+            // still be pending, so retrying earlier cannot produce a finding
+            // (at most it would close an empty window a little sooner).
+            let retry_at = (avail + STABLE_MARGIN).min(lo_abs + rule.max_len);
+            return Confirm::Pending {
+                retry_at: Some(retry_at),
+            };
         }
+        // Final matches while the window is still incomplete (a long
+        // confirmed match such as a PEM block): report them now and continue
+        // after the last one later, as one search over the whole window
+        // would.
+        let partial = (!finished && !matches.is_empty() && last + rule.ahead > avail)
+            .then(|| matches.last().map(|m| base + m.end))
+            .flatten();
         let mut caps = if rule.value_group && !matches.is_empty() {
             Some(rule.regex.create_captures())
         } else {
@@ -755,7 +839,10 @@ impl RuleSet {
                 encoding: None,
             });
         }
-        Confirm::Done
+        match partial {
+            Some(resume) => Confirm::Partial { resume },
+            None => Confirm::Done,
+        }
     }
 
     pub(crate) fn rule(&self, ix: u32) -> &CompiledRule {

@@ -6,6 +6,10 @@ use crate::hs::{Scratch, Stream};
 use crate::normalize::{self, OffsetMap};
 use crate::ScanError;
 
+/// Clusters whose confirmation window extends at most this far past the
+/// prefilter end wait for the complete window before confirming.
+const WAIT_FOR_WINDOW: usize = 512;
+
 /// Result of feeding one chunk.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Feed {
@@ -23,6 +27,21 @@ struct Cluster {
     rule: u32,
     first: usize,
     last: usize,
+    /// Confirmation cannot succeed before this much normalized data is
+    /// available (absolute offset); 0 when unknown.
+    retry_at: usize,
+    /// Matches before this offset were already confirmed (absolute; 0 when
+    /// none): the search continues here.
+    resume: usize,
+}
+
+impl Cluster {
+    /// Where a match of this cluster can still start.
+    fn lo(&self, rs: &RuleSet) -> usize {
+        self.first
+            .saturating_sub(rs.rule(self.rule).hs_max_len)
+            .max(self.resume)
+    }
 }
 
 /// A streaming scanner for one text stream (one response, one message).
@@ -110,6 +129,17 @@ impl StreamScanner {
             })
             .map_err(|e| ScanError(e.message))?;
         }
+        crate::trigger::scan(
+            &self.rs.inner.triggers,
+            &self.buf,
+            buf_start,
+            false,
+            &mut |g, e| {
+                for &r in &groups[g as usize] {
+                    hits.push((r, self.base + e));
+                }
+            },
+        );
         self.absorb_hits();
         self.step(false)
     }
@@ -134,6 +164,18 @@ impl StreamScanner {
             })
             .map_err(|e| ScanError(e.message))?;
         }
+        let base = self.base;
+        crate::trigger::scan(
+            &self.rs.inner.triggers,
+            &self.buf,
+            self.buf.len(),
+            true,
+            &mut |g, e| {
+                for &r in &groups[g as usize] {
+                    hits.push((r, base + e));
+                }
+            },
+        );
         self.absorb_hits();
         self.finished = true;
         self.step(true)
@@ -148,11 +190,18 @@ impl StreamScanner {
                 .rev()
                 .find(|c| c.rule == rule && end <= c.last + gap)
             {
-                Some(c) => c.last = c.last.max(end),
+                Some(c) => {
+                    if end > c.last {
+                        c.last = end;
+                        c.retry_at = 0;
+                    }
+                }
                 None => self.clusters.push(Cluster {
                     rule,
                     first: end,
                     last: end,
+                    retry_at: 0,
+                    resume: 0,
                 }),
             }
         }
@@ -160,15 +209,35 @@ impl StreamScanner {
 
     fn step(&mut self, finished: bool) -> Result<Feed, ScanError> {
         let mut raws: Vec<Raw> = Vec::new();
+        let avail = self.base + self.buf.len();
         let mut i = 0;
         while i < self.clusters.len() {
             let c = self.clusters[i];
+            if !finished && c.retry_at > avail {
+                i += 1;
+                continue;
+            }
+            // Confirm once the whole window (and the byte after it) has
+            // arrived, as block mode sees it, unless the window reaches far
+            // ahead (PEM blocks, JWTs): those are confirmed as data arrives
+            // so a completed match is released early.
+            let ahead = self.rs.rule(c.rule).ahead;
+            if !finished && ahead <= WAIT_FOR_WINDOW && c.last + ahead >= avail {
+                i += 1;
+                continue;
+            }
             let before = raws.len();
             match self.rs.confirm(
-                c.rule, c.first, c.last, &self.buf, self.base, finished, 0, &mut raws,
+                c.rule, c.first, c.last, c.resume, &self.buf, self.base, finished, 0, &mut raws,
             ) {
-                Confirm::Pending => {
+                Confirm::Partial { resume } => {
+                    self.clusters[i].resume = resume;
+                    self.clusters[i].retry_at = 0;
+                    i += 1;
+                }
+                Confirm::Pending { retry_at } => {
                     raws.truncate(before);
+                    self.clusters[i].retry_at = retry_at.unwrap_or(0);
                     i += 1;
                 }
                 Confirm::Done => {
@@ -184,11 +253,7 @@ impl StreamScanner {
         let mut raws = merge(self.rs.rules_slice(), raws);
         // Hold back what an open cluster's future match could still contain.
         if !finished {
-            let open_lo = self
-                .clusters
-                .iter()
-                .map(|c| c.first.saturating_sub(self.rs.rule(c.rule).hs_max_len))
-                .min();
+            let open_lo = self.clusters.iter().map(|c| c.lo(&self.rs)).min();
             if let Some(lo) = open_lo {
                 let (keep, emit): (Vec<Raw>, Vec<Raw>) =
                     raws.into_iter().partition(|r| r.span.end > lo);
@@ -216,7 +281,7 @@ impl StreamScanner {
         } else {
             let mut s = end.saturating_sub(self.rs.hold_back());
             for c in &self.clusters {
-                let lo = c.first.saturating_sub(self.rs.rule(c.rule).hs_max_len);
+                let lo = c.lo(&self.rs);
                 s = s.min(lo);
             }
             for r in &self.held {

