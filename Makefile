@@ -40,9 +40,11 @@ bench-memory: setup
 ## Criterion micro-benchmarks (a few minutes); summary in
 ## benches/results/micro.md. One of them: MICRO=detectors (or tokens, rego,
 ## snapshot, audit).
-MICRO ?= detectors tokens rego snapshot audit
+MICRO ?= detectors tokens rego snapshot audit budget
 bench-micro: setup
 	for b in $(MICRO); do cargo bench -p tappass-benches --bench $$b || exit 1; done
+	cargo build --release -p tappass-benches --bin tappass-bench-micro-report
+	$(CARGO_TARGET_DIR)/release/tappass-bench-micro-report
 
 lint: setup
 	cargo fmt --all -- --check

@@ -12,7 +12,8 @@ mod common;
 
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use tappass_budget::{
     CallScopes, Clock, Ledger, Limit, Metric, Rules, ScopeRule, ScopeSelector, Spend, Store,
     TokenCounter, WindowKind,
@@ -53,7 +54,7 @@ fn who() -> CallScopes {
     }
 }
 
-fn step(c: &mut Criterion, name: &str, ledger: &Arc<Ledger>) {
+fn step(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, ledger: &Arc<Ledger>) {
     let (rules, who) = (rules(), who());
     let demand = Spend {
         tokens: 1300,
@@ -67,7 +68,7 @@ fn step(c: &mut Criterion, name: &str, ledger: &Arc<Ledger>) {
         requests: 1,
         tool_calls: 0,
     };
-    c.bench_function(name, |b| {
+    g.bench_function(name, |b| {
         b.iter(|| {
             let r = ledger
                 .reserve(&rules, &who, "gpt-4o-mini", demand)
@@ -78,14 +79,15 @@ fn step(c: &mut Criterion, name: &str, ledger: &Arc<Ledger>) {
 }
 
 fn benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("budget");
     let memory = Ledger::in_memory(Clock::new("Europe/Berlin").unwrap());
-    step(c, "budget/reserve_settle/in_memory", &memory);
+    step(&mut g, "reserve_settle_in_memory", &memory);
 
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::new("Europe/Berlin").unwrap();
     let (store, loaded) = Store::open(dir.path(), &clock).unwrap();
     let persisted = Ledger::persistent(clock, store, loaded.totals);
-    step(c, "budget/reserve_settle/rocksdb", &persisted);
+    step(&mut g, "reserve_settle_rocksdb", &persisted);
     persisted.sync();
 
     let text = "Please summarise the customer's ticket and draft a polite reply. ".repeat(16);
@@ -99,13 +101,14 @@ fn benches(c: &mut Criterion) {
     let map = body.as_object().unwrap().clone();
     tappass_budget::estimate::warm();
     let exact = TokenCounter::for_model("gpt-4o-mini");
-    c.bench_function("budget/prompt_estimate_1KiB/o200k", |b| {
+    g.bench_function("prompt_estimate_1KiB_o200k", |b| {
         b.iter(|| exact.prompt_tokens(&map))
     });
     let approx = TokenCounter::for_model("claude-sonnet-4-5");
-    c.bench_function("budget/prompt_estimate_1KiB/bytes", |b| {
+    g.bench_function("prompt_estimate_1KiB_bytes", |b| {
         b.iter(|| approx.prompt_tokens(&map))
     });
+    g.finish();
 }
 
 criterion_group! {

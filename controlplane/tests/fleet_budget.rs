@@ -197,12 +197,19 @@ async fn two_gateways_share_one_org_budget_within_its_limit() {
         .find(|l| l["scope"] == "org:acme")
         .unwrap()
         .clone();
-    let lease = line["lease"].as_u64().expect("a shared limit reports its lease");
+    let lease = line["lease"]
+        .as_u64()
+        .expect("a shared limit reports its lease");
     assert!(lease >= used_a && lease <= LIMIT, "{line}");
     let fleet = line["fleet_committed"].as_u64().unwrap();
     assert!(fleet > used_a && fleet <= LIMIT, "{line}");
     let show = std::process::Command::new(env!("CARGO_BIN_EXE_tappass"))
-        .args(["budget", "show", "--gateway", &format!("http://127.0.0.1:{}", a.admin)])
+        .args([
+            "budget",
+            "show",
+            "--gateway",
+            &format!("http://127.0.0.1:{}", a.admin),
+        ])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&show.stdout);

@@ -250,7 +250,11 @@ impl BudgetPolicy {
 pub fn open_ledger(config: Option<&BudgetsConfig>) -> Result<Arc<Ledger>, String> {
     let tz = config.map_or("UTC", |c| c.time_zone.as_str());
     let clock = Clock::new(tz).map_err(|e| e.to_string())?;
-    tappass_budget::estimate::warm();
+    // The tokenizer is needed only with budgets (and, for a call, only
+    // near a limit); its tables are loaded off the start-up path.
+    if config.is_some() {
+        tappass_budget::estimate::warm_in_background();
+    }
     match config.and_then(|c| c.state_dir.as_deref()) {
         Some(dir) => open_persistent(dir, clock),
         None => Ok(Ledger::in_memory(clock)),

@@ -28,7 +28,7 @@ struct Item {
 
 const ITEMS: &[Item] = &[
     Item { bench: "detectors", id: "detectors/scan_block_64KiB_mixed_full_rules", what: "block scan of 64 KiB mixed text, full rule set (PII, secrets, injection, exfiltration)" },
-    Item { bench: "detectors", id: "detectors/stream_64B_chunks_64KiB_mixed_full_rules", what: "streaming scanner: 64 KiB mixed text fed in 64-byte chunks (≈1,024 `feed` calls + `finish`, scanner creation included)" },
+    Item { bench: "detectors", id: "detectors/stream_64B_chunks_64KiB_mixed_full_rules", what: "streaming scanner: 64 KiB mixed text fed in 64-byte chunks (≈1,024 `feed` calls + `finish` on a fresh scanner; creating it is not timed)" },
     Item { bench: "detectors", id: "detectors_build/rule_set_compile_full", what: "compile the full rule set (once per process)" },
     Item { bench: "tokens", id: "tokens/verify_ed25519_token", what: "verify a capability token (EdDSA JWT, two keys trusted, no revocations)" },
     Item { bench: "tokens", id: "tokens/verify_ed25519_token_11k_revocations", what: "the same with 10,000 revoked token ids and 1,000 revoked sandboxes" },
@@ -48,6 +48,10 @@ const ITEMS: &[Item] = &[
     Item { bench: "audit", id: "audit/row_build_hash_sign_per_row", what: "row build + JSON + hash + Ed25519 signature (`signing: per_row`)" },
     Item { bench: "audit_wal", id: "audit_wal/append_one_row_until_durable", what: "WAL append of one row until acknowledged (one synced RocksDB write)" },
     Item { bench: "audit_wal", id: "audit_wal/append_256_rows_until_durable", what: "WAL append of 256 rows until all are acknowledged (group commit)" },
+    Item { bench: "budget", id: "budget/reserve_settle_in_memory", what: "reserve + settle over four counters (org tokens/day and dollars/month, agent requests/minute, API-key tokens/day), in-memory ledger" },
+    Item { bench: "budget", id: "budget/reserve_settle_rocksdb", what: "the same with counters persisted by the RocksDB writer thread" },
+    Item { bench: "budget", id: "budget/prompt_estimate_1KiB_bytes", what: "prompt estimate of a 1 KiB chat body: byte bound / 3-bytes-per-token estimate (what a call pays)" },
+    Item { bench: "budget", id: "budget/prompt_estimate_1KiB_o200k", what: "the real `o200k_base` count (only when a limit is within reach of the byte bound)" },
 ];
 
 fn human_time(ns: f64) -> String {
@@ -117,7 +121,7 @@ fn main() -> Result<()> {
          Criterion, release profile, 1 s warm-up, 3 s measurement, 20 samples (10 for the rule-set compile). \
          Median with its 95% confidence interval.\n\n\
          Reproduce: `make bench-micro` (all, then this file is rewritten by `tappass-bench-micro-report`), \
-         or one at a time: `cargo bench -p tappass-benches --bench NAME` with NAME in detectors, tokens, rego, snapshot, audit.\n\n"
+         or one at a time: `cargo bench -p tappass-benches --bench NAME` with NAME in detectors, tokens, rego, snapshot, audit, budget.\n\n"
     ));
     let mut missing = Vec::new();
     let mut current = "";

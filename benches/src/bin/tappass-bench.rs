@@ -379,7 +379,11 @@ fn gateway_config(
     guardrails: bool,
 ) -> PathBuf {
     let guardrails = if guardrails {
-        "guardrails:\n  secrets: block\n  pii: redact\n  injection: block\n  response_secrets: redact\n  response_pii: redact\n"
+        // Every step on: content guardrails on prompts, tool results and
+        // responses (streams included), tool-call governance, no-train,
+        // and budgets (limits far above what a run spends, so that every
+        // call reserves and settles without being refused).
+        "guardrails:\n  secrets: block\n  pii: redact\n  injection: block\n  response_secrets: redact\n  response_pii: redact\n  exfil: block\n  response_exfil: redact\n  tool_results: block\n  no_train: true\nbudgets:\n  default_org: bench\n  prices:\n    mock-gpt: { input: 0.15, output: 0.60 }\n  scopes:\n    org:bench: { dollars_per_month: 1000000 }\n    agent:*: { tokens_per_day: 100000000000, requests_per_minute: 100000000 }\n"
     } else {
         ""
     };
@@ -557,7 +561,7 @@ fn run(args: &Args) -> Result<(), String> {
     for (name, audit, guardrails) in [
         ("TapPass, audit off", false, false),
         ("TapPass, audit on (signed, durable)", true, false),
-        ("TapPass, guardrails + audit", true, true),
+        ("TapPass, every step on", true, true),
     ] {
         let (port, admin) = (free_port(), free_port());
         let cfg = gateway_config(dir.path(), port, admin, mock_port, audit, guardrails);
@@ -576,7 +580,7 @@ fn run(args: &Args) -> Result<(), String> {
             _procs: vec![p],
         });
     }
-    notes.push("\"Guardrails + audit\" scans every prompt and every response (streamed ones included) for secrets, personal data and prompt injection, on top of the signed, durable audit trail; budgets and tool-call governance are not built yet.".into());
+    notes.push("\"Every step on\" scans every prompt, tool result and response (streamed ones included) for secrets, personal data, prompt injection and exfiltration, checks the tool calls a model returns (catalog, arguments, loop guard), asks the provider not to store the call, and reserves and settles every call's budget (org dollars per month, agent tokens per day and requests per minute, counters in memory), on top of the signed, durable audit trail. No compliance pack's Rego is loaded (the configuration has no agent policy).".into());
     if args.peers {
         start_peers(dir.path(), mock_port, &mut targets, &mut notes);
     } else {
@@ -729,6 +733,19 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     for t in &targets {
+        for key in ["ok_share_c8", "ok_share_c32", "mixed_ok_share_c32"] {
+            let worst = figures_get(&figures, &t.name, key)
+                .into_iter()
+                .fold(f64::INFINITY, f64::min);
+            let expected = if key.starts_with("mixed") && t.name.contains("guardrails") {
+                0.89 // the secret-carrying 10% are refused
+            } else {
+                0.99
+            };
+            if worst < expected {
+                notes.push(format!("{}: in at least one round only {:.0}% of the `{key}` requests succeeded, so its figures for that run measure refusals or errors.", t.name, worst * 100.0));
+            }
+        }
         let streams = figures_get(&figures, &t.name, "streams_per_sec");
         if streams.iter().all(|v| *v == 0.0) {
             notes.push(format!("{}: no stream completed (its streaming path failed against the mock), so its streaming figures are missing.", t.name));
@@ -765,7 +782,7 @@ fn report(
         if args.peers { " --peers" } else { "" },
         args.rounds
     ));
-    md.push_str(&format!("Workloads: 1 KiB prompt → 1 KiB echoed reply (non-streaming), 16 KiB prompt → short reply, and a streamed 1 KiB reply in ~40 chunks. The mock answers instantly and deterministically.\n\nMixed workload: 1 KiB prompts of which 10% carry a secret (an access key or token) and 5% a tool call (tool definitions, an earlier tool call and its result in the history, and a tool-call reply), drawn deterministically from seed {} in a fixed order of 1,000 bodies. oha sends one body per run, so this workload is driven by the harness's own client (reqwest, HTTP/1.1 keep-alive): all three kinds interleave on the same connections and the percentiles are of one combined sample set. At the fixed rate the client is open-loop and latency counts from each request's scheduled start. Its figures compare configurations with each other; they are not comparable with the oha rows (a different client). Memory under 1,000 concurrent slow streams is measured separately: [memory.md](memory.md) (`make bench-memory`).\n\n", args.seed));
+    md.push_str(&format!("Workloads: 1 KiB prompt → 1 KiB echoed reply (non-streaming), 16 KiB prompt → short reply, and a streamed 1 KiB reply in ~40 chunks. The mock answers instantly and deterministically.\n\nMixed workload: 1 KiB prompts of which 10% carry a secret (an AWS key pair, a GitHub, Slack or Stripe token, with random characters) and 5% a tool call (the definition of a catalog tool, an earlier call of it and its result in the history, and a reply that calls it again), drawn deterministically from seed {} in a fixed order of 1,000 bodies. oha sends one body per run, so this workload is driven by the harness's own client (reqwest, HTTP/1.1 keep-alive): all three kinds interleave on the same connections and the percentiles are of one combined sample set. At the fixed rate the client is open-loop and latency counts from each request's scheduled start. Its figures compare configurations with each other; they are not comparable with the oha rows (a different client). Memory under 1,000 concurrent slow streams is measured separately: [memory.md](memory.md) (`make bench-memory`).\n\n", args.seed));
     let rows: Vec<(String, String)> = {
         let mut r = vec![
             (
@@ -781,6 +798,10 @@ fn report(
             r.push((
                 format!("p50_ms_at_{rate}"),
                 format!("p50 ms at {rate} req/s"),
+            ));
+            r.push((
+                format!("p90_ms_at_{rate}"),
+                format!("p90 ms at {rate} req/s"),
             ));
             r.push((
                 format!("p99_ms_at_{rate}"),

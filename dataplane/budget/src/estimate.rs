@@ -46,11 +46,21 @@ impl std::fmt::Debug for TokenCounter {
     }
 }
 
-/// Load the tokenizer tables (a few hundred milliseconds) so that no call
-/// pays for it.
+/// Load the tokenizer tables (a few hundred milliseconds and tens of MiB
+/// each) so that no call pays for it.
 pub fn warm() {
     let _ = tiktoken_rs::o200k_base_singleton();
     let _ = tiktoken_rs::cl100k_base_singleton();
+}
+
+/// Load `o200k_base` (the tokenizer of current OpenAI models) on a
+/// background thread. `cl100k_base` (GPT-4, GPT-3.5) loads on first use.
+pub fn warm_in_background() {
+    let _ = std::thread::Builder::new()
+        .name("tappass-tokenizer-load".into())
+        .spawn(|| {
+            let _ = tiktoken_rs::o200k_base_singleton();
+        });
 }
 
 impl TokenCounter {

@@ -1,5 +1,5 @@
 //! The mixed workload: 1 KiB chat prompts of which 10% carry a secret (an
-//! access key or token inside the prompt) and 5% carry a tool call (tool
+//! access key or token with random characters inside the prompt) and 5% carry a tool call (tool
 //! definitions, an earlier assistant tool call and its result in the
 //! history, and a reply that is itself a tool call). The bodies are drawn
 //! deterministically from a seed and sent, in their fixed order, by the
@@ -43,12 +43,49 @@ const SENTENCES: [&str; 8] = [
     "Turn these notes into action items with a due date for each. ",
 ];
 
-const SECRETS: [&str; 4] = [
-    "aws_access_key_id=AKIAIOSFODNN7EXAMPLE aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    "GITHUB_TOKEN=ghp_1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b",
-    "-----BEGIN OPENSSH PRIVATE KEY----- b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZWQyNTUxOQAAACBQ -----END OPENSSH PRIVATE KEY-----",
-    "stripe api key sk_live_4eC39HqLyjWDarjtT1zdp7dcXyZ",
-];
+/// The prefixes of the credential kinds the secret-carrying prompts hold.
+const SECRET_PREFIXES: [&str; 4] = ["AKIA", "ghp_", "xoxb-", "sk_live_"];
+
+fn random_chars(rng: &mut StdRng, n: usize, alphabet: &[u8]) -> String {
+    (0..n)
+        .map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())]))
+        .collect()
+}
+
+/// A credential of one of four common kinds, with random (high-entropy)
+/// characters as a real one has: an AWS key pair, a GitHub personal access
+/// token, a Slack bot token or a Stripe live key.
+fn secret(rng: &mut StdRng) -> String {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const B32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const DIGITS: &[u8] = b"0123456789";
+    match rng.random_range(0..4) {
+        0 => format!(
+            "aws_access_key_id={}{} aws_secret_access_key={}",
+            SECRET_PREFIXES[0],
+            random_chars(rng, 16, B32),
+            random_chars(rng, 40, B64)
+        ),
+        1 => format!(
+            "GITHUB_TOKEN={}{}",
+            SECRET_PREFIXES[1],
+            random_chars(rng, 36, ALNUM)
+        ),
+        2 => format!(
+            "SLACK_BOT_TOKEN={}{}-{}-{}",
+            SECRET_PREFIXES[2],
+            random_chars(rng, 12, DIGITS),
+            random_chars(rng, 13, DIGITS),
+            random_chars(rng, 24, ALNUM)
+        ),
+        _ => format!(
+            "the stripe key is {}{}",
+            SECRET_PREFIXES[3],
+            random_chars(rng, 24, ALNUM)
+        ),
+    }
+}
 
 /// About `n` bytes of prose drawn from the sentences.
 fn prose(rng: &mut StdRng, n: usize) -> String {
@@ -78,27 +115,33 @@ pub fn bodies(model: &str, seed: u64) -> Vec<Body> {
                 Kind::Plain => json!({"model": model, "stream": false,
                     "messages": [{"role": "user", "content": prose(&mut rng, 1024)}]}),
                 Kind::Secret => {
-                    let secret = SECRETS[rng.random_range(0..SECRETS.len())];
+                    let secret = secret(&mut rng);
                     let before = prose(&mut rng, 512);
                     let after = prose(&mut rng, 1024usize.saturating_sub(512 + secret.len() + 2));
                     json!({"model": model, "stream": false, "messages": [{"role": "user",
                         "content": format!("{before} {secret} {after}")}]})
                 }
                 Kind::Tool => {
-                    let city = ["Lyon", "Ghent", "Porto", "Graz"][rng.random_range(0..4)];
-                    let script = json!({"tool_call": {"name": "get_weather",
-                        "arguments": json!({"city": city}).to_string()}});
+                    // A tool of the policy catalog (`zendesk.read_ticket`,
+                    // called by its native name), so that tool governance
+                    // checks and releases it rather than refusing an
+                    // unknown tool.
+                    let ticket = rng.random_range(10_000..99_999u32);
+                    let script = json!({"tool_call": {"name": "zendesk_read_ticket",
+                        "arguments": json!({"ticket_id": ticket}).to_string()}});
                     json!({"model": model, "stream": false,
-                    "tools": [{"type": "function", "function": {"name": "get_weather",
-                        "description": "Current weather for a city.",
-                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                            "required": ["city"]}}}],
+                    "tools": [{"type": "function", "function": {"name": "zendesk_read_ticket",
+                        "description": "Read a support ticket.",
+                        "parameters": {"type": "object",
+                            "properties": {"ticket_id": {"type": "integer"}},
+                            "required": ["ticket_id"]}}}],
                     "messages": [
                         {"role": "user", "content": prose(&mut rng, 900)},
                         {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
-                            "type": "function", "function": {"name": "get_weather",
-                            "arguments": "{\"city\":\"Paris\"}"}}]},
-                        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, light rain"},
+                            "type": "function", "function": {"name": "zendesk_read_ticket",
+                            "arguments": json!({"ticket_id": ticket - 1}).to_string()}}]},
+                        {"role": "tool", "tool_call_id": "call_1",
+                            "content": "The printer on floor 3 is jammed again."},
                         {"role": "user", "content": format!("MOCK:{script}")}
                     ]})
                 }
@@ -118,17 +161,22 @@ struct Sample {
     tool_call: bool,
 }
 
+/// Send one body. Every request is its own session (`x-tappass-session`),
+/// as independent conversations are: one session repeating the same tool
+/// call would rightly be ended by the gateway's loop guard.
 async fn send(
     client: &reqwest::Client,
     url: &str,
     headers: &[String],
     body: &Body,
+    seq: usize,
     t0: Instant,
 ) -> Sample {
     let mut req = client
         .post(url)
         .bearer_auth(KEY)
-        .header("content-type", "application/json");
+        .header("content-type", "application/json")
+        .header("x-tappass-session", format!("bench-mixed-{seq}"));
     for h in headers {
         if let Some((k, v)) = h.split_once(": ") {
             req = req.header(k, v);
@@ -202,8 +250,9 @@ pub async fn probe(
                 tasks.push(tokio::spawn(async move {
                     let mut out = Vec::new();
                     while Instant::now() < deadline {
-                        let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len();
-                        out.push(send(&client, &url, &headers, &bodies[i], Instant::now()).await);
+                        let seq = next.fetch_add(1, Ordering::Relaxed);
+                        let body = &bodies[seq % bodies.len()];
+                        out.push(send(&client, &url, &headers, body, seq, Instant::now()).await);
                     }
                     out
                 }));
@@ -226,11 +275,12 @@ pub async fn probe(
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break;
                 };
-                let i = k as usize % bodies.len();
+                let seq = k as usize;
                 let (client, url, headers, bodies) =
                     (client.clone(), url.clone(), headers.clone(), bodies.clone());
                 tasks.push(tokio::spawn(async move {
-                    let s = send(&client, &url, &headers, &bodies[i], at).await;
+                    let body = &bodies[seq % bodies.len()];
+                    let s = send(&client, &url, &headers, body, seq, at).await;
                     drop(permit);
                     s
                 }));
@@ -291,7 +341,7 @@ mod tests {
             let v: Value = serde_json::from_str(&x.json).expect("valid JSON");
             let text = v.to_string();
             match x.kind {
-                Kind::Secret => assert!(SECRETS.iter().any(|s| text.contains(&s[..12]))),
+                Kind::Secret => assert!(SECRET_PREFIXES.iter().any(|p| text.contains(p))),
                 Kind::Tool => assert!(v["tools"].is_array() && text.contains("MOCK:")),
                 Kind::Plain => assert!(!text.contains("MOCK:") && v["tools"].is_null()),
             }
