@@ -81,6 +81,18 @@ pub(crate) fn shared_rules() -> Result<RuleSet, String> {
     rule_set(false)
 }
 
+/// Compile the rule sets a pushed or local policy may need on a background
+/// thread at start, so that a policy swap that turns a detector on does not
+/// wait for its compile (seconds on a busy machine).
+pub fn warm_rules_in_background() {
+    let _ = std::thread::Builder::new()
+        .name("tappass-rules-compile".into())
+        .spawn(|| {
+            let _ = rule_set(false);
+            let _ = rule_set(true);
+        });
+}
+
 fn rule_set(exfil: bool) -> Result<RuleSet, String> {
     let cell = if exfil { &RULES_WITH_EXFIL } else { &RULES };
     cell.get_or_init(|| {

@@ -208,6 +208,9 @@ impl GatewayServer {
             crate::local_policy::start(local, state.clone(), rebuild)
                 .map_err(ServerError::State)?;
         }
+        if config.control_plane.is_some() || config.local_policies.is_some() {
+            crate::pipeline::warm_rules_in_background();
+        }
         let ledger =
             crate::budget::open_ledger(config.budgets.as_ref()).map_err(ServerError::State)?;
         let mut fleet = None;
