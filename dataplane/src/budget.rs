@@ -305,6 +305,13 @@ fn scopes_of(caller: &Caller, default_org: Option<&String>) -> CallScopes {
     }
 }
 
+/// Whether the body names an output cap at all (valid or not).
+fn has_cap_field(call: &Call) -> bool {
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .any(|k| call.body().contains_key(*k))
+}
+
 /// The field that caps output on each endpoint, when the caller set none.
 fn cap_field(endpoint: Endpoint, model: &str) -> Option<&'static str> {
     match endpoint {
@@ -358,6 +365,9 @@ pub async fn reserve(
         (_, false) => 0,
         (Some(n), true) => n,
         (None, true) if !metered => 0,
+        // A cap field the caller sent but that is not a whole number is
+        // left for the provider to refuse; the call reserves the default.
+        (None, true) if has_cap_field(call) => policy.default_max_tokens,
         (None, true) => {
             let field = cap_field(call.endpoint, &call.model).unwrap_or("max_tokens");
             call.body_mut()

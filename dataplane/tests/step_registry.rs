@@ -76,21 +76,6 @@ fn records(dir: &Path) -> Vec<AuditRecord> {
         .collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Format {
-    Chat,
-    Anthropic,
-    Responses,
-}
-
-fn path(f: Format) -> &'static str {
-    match f {
-        Format::Chat => "/v1/chat/completions",
-        Format::Anthropic => "/v1/messages",
-        Format::Responses => "/v1/responses",
-    }
-}
-
 /// A conversation that gives every request step something to read: a
 /// secret, personal data, an exfiltration URL, a tool result, offered
 /// tools (one denied); the mock answers with a catalog tool call.

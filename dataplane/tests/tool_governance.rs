@@ -35,23 +35,6 @@ fn records(dir: &Path) -> Vec<AuditRecord> {
         .collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Format {
-    Chat,
-    Anthropic,
-    Responses,
-}
-
-const FORMATS: [Format; 3] = [Format::Chat, Format::Anthropic, Format::Responses];
-
-fn path(f: Format) -> &'static str {
-    match f {
-        Format::Chat => "/v1/chat/completions",
-        Format::Anthropic => "/v1/messages",
-        Format::Responses => "/v1/responses",
-    }
-}
-
 /// The tool definitions the request offers, in the format's shape.
 fn tools(f: Format) -> Value {
     let defs = [

@@ -899,8 +899,7 @@ mod tests {
             if i % 2 == 0 {
                 c.set_lease(c.committed() + 50);
             } else {
-                let lease = c.shrink_lease();
-                assert!(c.committed() <= lease || c.committed() <= c.lease());
+                c.shrink_lease();
             }
         }
         stop.store(true, Ordering::Relaxed);

@@ -224,3 +224,22 @@ pub fn chat_stream_text(body: &str) -> (String, bool) {
     }
     (text, done)
 }
+
+/// The three wire formats of LLM calls.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Format {
+    Chat,
+    Anthropic,
+    Responses,
+}
+
+pub const FORMATS: [Format; 3] = [Format::Chat, Format::Anthropic, Format::Responses];
+
+/// The endpoint of a format.
+pub fn path(f: Format) -> &'static str {
+    match f {
+        Format::Chat => "/v1/chat/completions",
+        Format::Anthropic => "/v1/messages",
+        Format::Responses => "/v1/responses",
+    }
+}
