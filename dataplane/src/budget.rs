@@ -427,7 +427,12 @@ pub async fn reserve(
     let tokens = names(&[Metric::Tokens]);
     let dollars = names(&[Metric::MicroDollars]);
     let mut attempt = ledger.reserve(&policy.rules, &who, &call.model, demand);
-    if attempt.is_err() && model_counter.is_exact() {
+    // Only a token or dollar limit can be helped by a smaller estimate.
+    let estimate_matters = attempt
+        .as_ref()
+        .err()
+        .is_some_and(|x| matches!(x.metric, Metric::Tokens | Metric::MicroDollars));
+    if estimate_matters && model_counter.is_exact() {
         counter = model_counter;
         prompt_estimate = counter.prompt_tokens(call.body());
         demand = demand_for(prompt_estimate);
