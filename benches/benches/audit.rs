@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
 use tappass_audit::chain::seal_encoded;
 use tappass_audit::{AuditKey, AuditWal, WalConfig};
@@ -74,29 +74,41 @@ const PREV: &str = "9f2c4b1e7a06d35c8e41f0b2a97d6c3e5b18f4a2c07e9d61b3a5f8c2e4d7
 
 fn benches(c: &mut Criterion) {
     let key = AuditKey::from_seed([5u8; 32]);
-    let rec = call(1);
+    let fresh = || call(1);
 
     let mut g = c.benchmark_group("audit");
     g.bench_function("row_build", |b| {
-        b.iter(|| rec.to_audit_record("gw-bench", false))
+        b.iter_batched(
+            fresh,
+            |mut rec| rec.to_audit_record("gw-bench", false),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("row_build_hash_checkpoint_mode", |b| {
         let mut seq = 0u64;
-        b.iter(|| {
-            seq += 1;
-            let body =
-                serde_json::to_string(&rec.to_audit_record("gw-bench", false)).unwrap_or_default();
-            seal_encoded(seq, PREV, body, None)
-        })
+        b.iter_batched(
+            fresh,
+            |mut rec| {
+                seq += 1;
+                let body = serde_json::to_string(&rec.to_audit_record("gw-bench", false))
+                    .unwrap_or_default();
+                seal_encoded(seq, PREV, body, None)
+            },
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("row_build_hash_sign_per_row", |b| {
         let mut seq = 0u64;
-        b.iter(|| {
-            seq += 1;
-            let body =
-                serde_json::to_string(&rec.to_audit_record("gw-bench", false)).unwrap_or_default();
-            seal_encoded(seq, PREV, body, Some(&key))
-        })
+        b.iter_batched(
+            fresh,
+            |mut rec| {
+                seq += 1;
+                let body = serde_json::to_string(&rec.to_audit_record("gw-bench", false))
+                    .unwrap_or_default();
+                seal_encoded(seq, PREV, body, Some(&key))
+            },
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 

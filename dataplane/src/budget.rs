@@ -507,10 +507,11 @@ impl CallBudget {
         }
     }
 
-    /// Count the tool calls of a whole (non-streamed) response body.
-    pub fn count_tool_calls(&self, endpoint: Endpoint, body: &[u8]) {
-        self.tool_calls
-            .store(tool_calls_in_body(endpoint, body), Ordering::Relaxed);
+    /// Count the tool calls of a whole (non-streamed) response body,
+    /// parsed once by the caller (`None`: not JSON, no tool calls).
+    pub fn count_tool_calls(&self, endpoint: Endpoint, body: Option<&Value>) {
+        let n = body.map_or(0, |v| tool_calls_in_value(endpoint, v));
+        self.tool_calls.store(n, Ordering::Relaxed);
     }
 
     /// Settle with what the call spent, and put its cost on the record.
@@ -577,10 +578,7 @@ impl CallBudget {
 }
 
 /// Tool calls in a complete response body.
-pub fn tool_calls_in_body(endpoint: Endpoint, body: &[u8]) -> u64 {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return 0;
-    };
+pub fn tool_calls_in_value(endpoint: Endpoint, v: &Value) -> u64 {
     let count = |items: Option<&Value>, pred: &dyn Fn(&Value) -> bool| {
         items
             .and_then(Value::as_array)
@@ -808,11 +806,26 @@ scopes:
     #[test]
     fn tool_calls_are_counted_in_every_format() {
         let chat = br#"{"choices":[{"message":{"tool_calls":[{"id":"a"},{"id":"b"}]}}]}"#;
-        assert_eq!(tool_calls_in_body(Endpoint::ChatCompletions, chat), 2);
+        assert_eq!(
+            tool_calls_in_value(
+                Endpoint::ChatCompletions,
+                &serde_json::from_slice(chat).unwrap()
+            ),
+            2
+        );
         let msg = br#"{"content":[{"type":"text"},{"type":"tool_use"}]}"#;
-        assert_eq!(tool_calls_in_body(Endpoint::AnthropicMessages, msg), 1);
+        assert_eq!(
+            tool_calls_in_value(
+                Endpoint::AnthropicMessages,
+                &serde_json::from_slice(msg).unwrap()
+            ),
+            1
+        );
         let resp = br#"{"output":[{"type":"function_call"},{"type":"message"}]}"#;
-        assert_eq!(tool_calls_in_body(Endpoint::Responses, resp), 1);
-        assert_eq!(tool_calls_in_body(Endpoint::Responses, b"not json"), 0);
+        assert_eq!(
+            tool_calls_in_value(Endpoint::Responses, &serde_json::from_slice(resp).unwrap()),
+            1
+        );
+        assert!(serde_json::from_slice::<Value>(b"not json").is_err());
     }
 }

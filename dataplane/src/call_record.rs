@@ -116,8 +116,9 @@ impl CallRecord {
         }
     }
 
-    /// The call's audit row.
-    pub fn to_audit_record(&self, gateway_id: &str, store_content: bool) -> AuditRecord {
+    /// The call's audit row. The step decisions move into it: the row is
+    /// written once, at the call's end.
+    pub fn to_audit_record(&mut self, gateway_id: &str, store_content: bool) -> AuditRecord {
         let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_millis() as u64;
         let now = Instant::now();
         let mut r = AuditRecord::new(gateway_id, &self.request_id);
@@ -142,7 +143,7 @@ impl CallRecord {
             .error_code
             .map(str::to_owned)
             .or_else(|| self.error.clone());
-        r.step_decisions = self.steps.clone();
+        r.step_decisions = std::mem::take(&mut self.steps);
         r.usage = self.usage.map(|u| UsageRecord {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,

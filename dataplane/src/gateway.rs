@@ -538,15 +538,21 @@ impl Gateway {
                 Err(e) => return self.respond_error(session, rec, &e, style, true).await,
             };
             rec.upstream_ended = Some(Instant::now());
+            let response_guard = guard.as_ref().filter(|g| g.checks_responses());
+            // The body is parsed once for every step that reads it.
+            let mut parsed = None;
             if ok {
                 rec.usage = usage_from_body(endpoint, &body);
+                if rec.budget.is_some() || response_guard.is_some() || tool_gate.is_some() {
+                    parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+                }
                 if let Some(b) = &rec.budget {
-                    b.count_tool_calls(endpoint, &body);
+                    b.count_tool_calls(endpoint, parsed.as_ref());
                 }
             }
             let mut body = body;
-            if let (true, Some(g)) = (ok, guard.as_ref().filter(|g| g.checks_responses())) {
-                match crate::pipeline::run_response_body(g, &body, rec) {
+            if let (true, Some(g)) = (ok, response_guard) {
+                match crate::pipeline::run_response_body(g, &body, parsed.as_mut(), rec) {
                     Ok((b, r)) => {
                         body = b;
                         for (k, v) in r.0 {
@@ -560,7 +566,7 @@ impl Gateway {
                 }
             }
             if let (true, Some(t)) = (ok, tool_gate.as_ref()) {
-                if let Err(e) = t.check_body(endpoint, &body, rec) {
+                if let Err(e) = t.check_body(endpoint, parsed.as_ref(), rec) {
                     upstream::release(&self.connector, resp).await;
                     return self.respond_error(session, rec, &e, style, true).await;
                 }

@@ -928,14 +928,17 @@ fn category_phrase(c: Category) -> &'static str {
     }
 }
 
-/// Run the response steps on a whole (non-streamed) JSON body. Returns the
-/// body to send (rewritten when something was redacted) and the counts.
+/// Run the response steps on a whole (non-streamed) JSON body, `parsed`
+/// being that body parsed once by the caller (`None`: it is not JSON).
+/// Returns the body to send (rewritten when something was redacted; the
+/// redaction is applied to `parsed` too) and the counts.
 pub fn run_response_body(
     g: &Guardrails,
     body: &Bytes,
+    parsed: Option<&mut Value>,
     rec: &mut CallRecord,
 ) -> Result<(Bytes, Redactions), GatewayError> {
-    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+    let Some(v) = parsed else {
         // Not JSON: there is no text the steps know how to read, so the
         // body cannot be checked and is not released.
         return Err(failed(
@@ -945,7 +948,7 @@ pub fn run_response_body(
         ));
     };
     let mut p = Pseudonyms::new();
-    let scan = scan_output_value(g, &mut v, &mut p)
+    let scan = scan_output_value(g, v, &mut p)
         .map_err(|e| failed(rec, "detect_secrets_in_response", e))?;
     if let Some(e) = record_response_steps(g, rec, &scan.counts, &scan.rules, json!({})) {
         return Err(e);

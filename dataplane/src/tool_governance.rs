@@ -1084,11 +1084,12 @@ impl ToolGate {
         r
     }
 
-    /// Check the tool calls of a whole (non-streamed) response body.
+    /// Check the tool calls of a whole (non-streamed) response body, parsed
+    /// once by the caller (`None`: it is not JSON).
     pub fn check_body(
         &self,
         endpoint: Endpoint,
-        body: &[u8],
+        body: Option<&Value>,
         rec: &mut CallRecord,
     ) -> Result<(), GatewayError> {
         let calls = match body_tool_calls(endpoint, body) {
@@ -1382,9 +1383,11 @@ fn validate_schema(
 }
 
 /// The tool calls of a complete response body: (name, arguments JSON text).
-fn body_tool_calls(endpoint: Endpoint, body: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|_| "the response body is not JSON".to_string())?;
+fn body_tool_calls(
+    endpoint: Endpoint,
+    body: Option<&Value>,
+) -> Result<Vec<(String, String)>, String> {
+    let v = body.ok_or_else(|| "the response body is not JSON".to_string())?;
     let mut out = Vec::new();
     let name_of = |x: &Value| {
         x.get("name")

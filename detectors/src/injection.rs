@@ -113,12 +113,24 @@ impl RuleSet {
     }
 }
 
+/// Bytes of base64, base64url and hex runs.
+static BLOB_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_' | b'=');
+        i += 1;
+    }
+    t
+};
+
 /// Maximal runs that may be encoded payloads: base64/base64url/hex runs and
 /// whitespace-delimited tokens with at least three percent-escapes.
 fn encoded_blobs(text: &str) -> Vec<&str> {
     let b = text.as_bytes();
     let mut out = Vec::new();
-    let is_b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_' | b'=');
+    let is_b64 = |c: u8| BLOB_BYTE[usize::from(c)];
     let mut i = 0;
     while i < b.len() {
         if is_b64(b[i]) {
@@ -133,7 +145,9 @@ fn encoded_blobs(text: &str) -> Vec<&str> {
             i += 1;
         }
     }
-    for tok in text.split_whitespace() {
+    // Percent-encoded tokens need three escapes: most texts have none.
+    let escapes_possible = memchr::memchr_iter(b'%', b).nth(2).is_some();
+    for tok in text.split_whitespace().filter(|_| escapes_possible) {
         if tok.len() >= MIN_ENCODED_BLOB && tok.matches('%').count() >= 3 {
             out.push(tok);
         }

@@ -279,6 +279,81 @@ fn fold_leet(c: char) -> char {
 /// words, separators between single letters removed ("i g n o r e"),
 /// whitespace collapsed.
 pub fn normalize_for_injection(text: &str) -> String {
+    if text.is_ascii() {
+        return normalize_ascii_for_injection(text.as_bytes());
+    }
+    normalize_any_for_injection(text)
+}
+
+/// [`normalize_for_injection`] for ASCII text, where NFKC, invisible
+/// characters and homoglyphs change nothing: the same folding on bytes,
+/// without decoding to `char`s (prompts are mostly ASCII, and this runs on
+/// every one).
+fn normalize_ascii_for_injection(text: &[u8]) -> String {
+    // `char::is_whitespace` on ASCII: tab, LF, VT, FF, CR and space.
+    let is_space = |b: u8| matches!(b, b'\t'..=b'\r' | b' ');
+    let mut out: Vec<u8> = Vec::with_capacity(text.len());
+    let mut last_space = false;
+    for i in 0..text.len() {
+        let c = text[i].to_ascii_lowercase();
+        let prev = if i > 0 { text[i - 1] } else { b' ' };
+        let next = text.get(i + 1).copied().unwrap_or(b' ');
+        let leet = fold_leet(c as char) as u8;
+        let c = if leet != c && (prev.is_ascii_alphabetic() || next.is_ascii_alphabetic()) {
+            leet
+        } else {
+            c
+        };
+        if is_space(c) {
+            if !last_space {
+                out.push(b' ');
+            }
+            last_space = true;
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+    }
+    let collapsed = collapse_spaced_ascii_letters(&out);
+    // Only ASCII bytes were pushed, so this never takes the lossy path.
+    String::from_utf8(collapsed)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// [`collapse_spaced_letters`] on ASCII bytes.
+fn collapse_spaced_ascii_letters(chars: &[u8]) -> Vec<u8> {
+    let alpha = |i: usize| chars[i].is_ascii_alphabetic();
+    let mut out = Vec::with_capacity(chars.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let mut j = i;
+        let mut letters = 0;
+        while j < chars.len() && alpha(j) && (j + 1 >= chars.len() || !alpha(j + 1)) {
+            letters += 1;
+            if j + 2 < chars.len()
+                && matches!(chars[j + 1], b' ' | b'.' | b'-' | b'_' | b'*')
+                && alpha(j + 2)
+                && (j + 3 >= chars.len() || !alpha(j + 3))
+            {
+                j += 2;
+            } else {
+                j += 1;
+                break;
+            }
+        }
+        if letters >= 4 {
+            out.extend(chars[i..j].iter().copied().filter(u8::is_ascii_alphabetic));
+            i = j;
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// [`normalize_for_injection`] for any text.
+fn normalize_any_for_injection(text: &str) -> String {
     let mut folded = String::with_capacity(text.len());
     for c in text.nfkc() {
         if is_invisible(c) {
@@ -423,6 +498,30 @@ fn percent_decode(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The ASCII path folds exactly as the general one.
+        #[test]
+        fn ascii_path_matches_general_path(
+            s in proptest::collection::vec(
+                prop_oneof![
+                    Just(' '), Just('\t'), Just('\n'), Just('\u{0B}'), Just('.'), Just('-'),
+                    Just('_'), Just('*'), Just('0'), Just('1'), Just('!'), Just('|'),
+                    Just('3'), Just('4'), Just('@'), Just('5'), Just('$'), Just('7'),
+                    Just('+'), Just('8'), proptest::char::range('a', 'e'),
+                    proptest::char::range('A', 'E'), proptest::char::range('\0', '\u{7f}'),
+                ],
+                0..64,
+            )
+        ) {
+            let s: String = s.into_iter().collect();
+            prop_assert_eq!(
+                normalize_ascii_for_injection(s.as_bytes()),
+                normalize_any_for_injection(&s)
+            );
+        }
+    }
 
     #[test]
     fn ascii_is_identity() {

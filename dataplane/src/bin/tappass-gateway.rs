@@ -7,6 +7,12 @@ use clap::Parser;
 use tappass_dataplane::config::{Config, LogFormat, DEFAULT_DEV_API_KEY};
 use tappass_dataplane::server::GatewayServer;
 
+/// Every call allocates and frees many small buffers (parsed bodies, audit
+/// rows, scan results) across worker threads; mimalloc's per-thread free
+/// lists serve them without glibc's arena locks and consolidation passes.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The TapPass governed LLM gateway.
 #[derive(Parser, Debug)]
 #[command(name = "tappass-gateway", version)]
