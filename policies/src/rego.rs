@@ -85,6 +85,12 @@ pub struct RegoDecision {
 
 /// The runtime Rego of one compiled policy, parsed once (per snapshot).
 /// Cloning the engine per evaluation keeps this shareable across threads.
+///
+/// Entry points run on regorus' Rego VM (bytecode compiled once per
+/// snapshot), about five times faster than its interpreter. They agree
+/// (tested) except where the interpreter is stricter than OPA: iterating
+/// over a value that is not a collection yields nothing on the VM, as in
+/// OPA, where the interpreter failed.
 #[derive(Clone)]
 pub struct PreparedRego {
     engine: regorus::Engine,
@@ -92,7 +98,17 @@ pub struct PreparedRego {
     /// Each entry point compiled once: evaluating one builds a light
     /// engine over the shared, already analysed policy.
     compiled: Vec<Option<regorus::CompiledPolicy>>,
+    /// Each entry point compiled further to a Rego VM program, run by a
+    /// fresh VM per call (no interpreter set-up). `None` for an entry point
+    /// the VM's compiler does not take: it is interpreted instead.
+    programs: Vec<Option<std::sync::Arc<regorus::rvm::Program>>>,
+    /// `data` as the VM sees it.
+    data: regorus::Value,
 }
+
+/// Instructions one evaluation may execute before it fails (and the call
+/// with it): a runaway policy cannot hold a worker.
+const MAX_VM_INSTRUCTIONS: usize = 200_000;
 
 impl std::fmt::Debug for PreparedRego {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,18 +170,71 @@ impl PreparedRego {
         // Each entry point is compiled once (rule analysis, scheduling,
         // loop hoisting). One that does not compile is evaluated on a clone
         // of the engine instead, which reports its error per call.
-        let compiled = entrypoints
+        let compiled: Vec<Option<regorus::CompiledPolicy>> = entrypoints
             .iter()
             .map(|ep| {
                 let rule: std::sync::Arc<str> = std::sync::Arc::from(ep.as_str());
                 engine.compile_with_entrypoint(&rule).ok()
             })
             .collect();
+        let programs = entrypoints
+            .iter()
+            .zip(&compiled)
+            .map(|(ep, c)| {
+                let c = c.as_ref()?;
+                regorus::languages::rego::compiler::Compiler::compile_from_policy(c, &[ep]).ok()
+            })
+            .collect();
         Ok(PreparedRego {
             engine,
             entrypoints: entrypoints.to_vec(),
             compiled,
+            programs,
+            data: to_regorus("data", data)?,
         })
+    }
+
+    /// Evaluate entry point `i` on the interpreter (`vm: false`) or on the
+    /// VM where it compiled to a program.
+    fn eval_at(&self, i: usize, input: regorus::Value, vm: bool) -> Result<regorus::Value> {
+        let ep = &self.entrypoints[i];
+        match (&self.compiled[i], self.programs[i].as_ref().filter(|_| vm)) {
+            (Some(c), Some(program)) => {
+                let mut m = regorus::rvm::RegoVM::new_with_policy(c.clone());
+                m.load_program(program.clone());
+                m.set_max_instructions(MAX_VM_INSTRUCTIONS);
+                m.set_data(self.data.clone()).map_err(|e| rego_err(ep, e))?;
+                m.set_input(input);
+                m.execute_entry_point_by_name(ep)
+                    .map_err(|e| rego_err(ep, e))
+            }
+            (Some(c), None) => c.eval_with_input(input).map_err(|e| rego_err(ep, e)),
+            (None, _) => {
+                let mut engine = self.engine.clone();
+                engine.set_input(input);
+                engine
+                    .eval_rule(ep.to_string())
+                    .map_err(|e| rego_err(ep, e))
+            }
+        }
+    }
+
+    /// Evaluate one entry point on the interpreter only (to check that the
+    /// VM agrees with it).
+    pub fn eval_interpreted(&self, entrypoint: &str, input: &Json) -> Result<Option<Json>> {
+        let Some(i) = self.entrypoints.iter().position(|e| e == entrypoint) else {
+            return Err(rego_err(entrypoint, "not an entry point of this policy"));
+        };
+        let v = self.eval_at(i, to_regorus(entrypoint, input)?, false)?;
+        from_regorus(entrypoint, &v)
+    }
+
+    /// Whether entry point `entrypoint` runs on the VM.
+    pub fn runs_on_vm(&self, entrypoint: &str) -> bool {
+        self.entrypoints
+            .iter()
+            .position(|e| e == entrypoint)
+            .is_some_and(|i| self.programs[i].is_some())
     }
 
     pub fn entrypoints(&self) -> &[String] {
@@ -174,22 +243,18 @@ impl PreparedRego {
 
     /// Evaluate one entry point against `input`. `None` when undefined.
     pub fn eval(&self, entrypoint: &str, input: &Json) -> Result<Option<Json>> {
-        let compiled = self
-            .entrypoints
-            .iter()
-            .position(|e| e == entrypoint)
-            .and_then(|i| self.compiled[i].as_ref());
-        if let Some(c) = compiled {
-            let v = c
-                .eval_with_input(to_regorus(entrypoint, input)?)
-                .map_err(|e| rego_err(entrypoint, e))?;
-            return from_regorus(entrypoint, &v);
-        }
-        let mut engine = self.engine.clone();
-        engine.set_input(to_regorus(entrypoint, input)?);
-        let v = engine
-            .eval_rule(entrypoint.to_string())
-            .map_err(|e| rego_err(entrypoint, e))?;
+        let input = to_regorus(entrypoint, input)?;
+        let v = match self.entrypoints.iter().position(|e| e == entrypoint) {
+            Some(i) => self.eval_at(i, input, true)?,
+            // Any other rule of the modules, on the interpreter.
+            None => {
+                let mut engine = self.engine.clone();
+                engine.set_input(input);
+                engine
+                    .eval_rule(entrypoint.to_string())
+                    .map_err(|e| rego_err(entrypoint, e))?
+            }
+        };
         from_regorus(entrypoint, &v)
     }
 

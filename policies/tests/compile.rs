@@ -629,3 +629,119 @@ fn packs_compose_in_any_order() {
         assert!(a.compliance_tags.iter().any(|t| t == tag), "{tag}");
     }
 }
+
+/// Both evaluations give the same value, or both refuse the call (a failed
+/// evaluation refuses it, as a deny does).
+fn same_outcome(
+    vm: Result<Option<serde_json::Value>, PolicyError>,
+    interpreted: Result<Option<serde_json::Value>, PolicyError>,
+    what: &str,
+) {
+    match (vm, interpreted) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "{what}"),
+        (Err(_), Err(_)) => {}
+        // A failed evaluation refuses the call, as a deny does.
+        (Ok(Some(d)), Err(_)) | (Err(_), Ok(Some(d))) if d["action"] == "deny" => {}
+        (a, b) => panic!("{what}: the VM gave {a:?}, the interpreter {b:?}"),
+    }
+}
+
+/// The runtime entry points run on the Rego VM, and the VM decides exactly
+/// as the interpreter does: every golden policy's entry points, on tool
+/// calls inside and outside their constraints, malformed arguments, and
+/// whole-call inputs, plus modules exercising sets, comprehensions, `some`,
+/// `every`, `sprintf` and defaults.
+#[test]
+fn the_rego_vm_agrees_with_the_interpreter() {
+    use tappass_policies::PreparedRego;
+    let inputs = [
+        json!({"tool": "stripe.create_refund", "args": {"amount": 120, "charge": "ch_1"}}),
+        json!({"tool": "stripe.create_refund", "args": {"amount": 450}}),
+        json!({"tool": "stripe.create_refund", "args": {"amount": 5000}}),
+        json!({"tool": "stripe.create_refund", "args": {"amount": "5000"}}),
+        json!({"tool": "stripe.create_refund", "args": {}}),
+        json!({"tool": "gmail.send", "args": {"to": "a@b.example", "destination": "x.acme.com"}}),
+        json!({"tool": "gmail.send", "args": {"destination": "evil.example"}}),
+        json!({"tool": "gmail.send", "args": {"to": 7, "body": "hi"}}),
+        json!({"tool": "gmail.send", "args": {"to": ["a@b.example"], "body": {"x": 1}}}),
+        json!({"tool": "stripe.create_refund", "args": {"amount": {"value": 5000}}}),
+        json!({"tool": "stripe.create_refund", "args": {"amount": [5000]}}),
+        json!({"tool": "stripe.create_refund", "args": {"amount": null}}),
+        json!({"tool": "stripe.create_refund", "args": {"amount": 1e300}}),
+        json!({"tool": "", "args": {}}),
+        json!({"tool": 7, "args": null}),
+        json!({}),
+        json!({"kind": "llm_call", "model": "gpt-4o", "tools": ["a", "b"], "prompt_bytes": 2048}),
+    ];
+    let mut checked = 0;
+    for agent in AGENTS {
+        let p = compile_example(agent).policy;
+        let prepared = PreparedRego::new(&p).unwrap();
+        for ep in &p.rego.entrypoints {
+            assert!(prepared.runs_on_vm(ep), "{agent}: {ep} is interpreted");
+            for input in &inputs {
+                same_outcome(
+                    prepared.eval(ep, input),
+                    prepared.eval_interpreted(ep, input),
+                    &format!("{agent}: {ep} on {input}"),
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0);
+    let module = r#"package tappass.runtime.shapes
+
+import rego.v1
+
+default decision := {"action": "allow"}
+
+denied := {"shell_exec", "drop_table"}
+
+hits contains t if {
+	some t in input.tools
+	t in denied
+}
+
+sizes := [n | some m in input.messages; n := count(m)]
+
+decision := {"action": "deny", "reasons": sort([sprintf("tool %v", [t]) | some t in hits])} if count(hits) > 0
+
+decision := {"action": "require_approval", "reason": "long conversation"} if {
+	count(hits) == 0
+	sum(sizes) > 10
+	every s in sizes { s > 0 }
+}
+"#;
+    let modules = vec![tappass_policies::compiled::RegoModule {
+        path: "shapes.rego".into(),
+        level: tappass_policies::rules::Level::Agent,
+        package: "data.tappass.runtime.shapes".into(),
+        text: module.into(),
+    }];
+    let ep = "data.tappass.runtime.shapes.decision".to_string();
+    let prepared = PreparedRego::from_modules(&modules, std::slice::from_ref(&ep), &json!({})).unwrap();
+    assert!(prepared.runs_on_vm(&ep));
+    for input in [
+        json!({"tools": ["shell_exec", "read", "drop_table"], "messages": ["ab"]}),
+        json!({"tools": ["read"], "messages": ["abcdef", "ghijkl"]}),
+        json!({"tools": ["read"], "messages": ["abc", ""]}),
+        json!({"tools": [], "messages": []}),
+        json!(null),
+    ] {
+        same_outcome(
+            prepared.eval(&ep, &input),
+            prepared.eval_interpreted(&ep, &input),
+            &input.to_string(),
+        );
+    }
+    // The one difference: iterating over something that is not a
+    // collection yields nothing, as in OPA, where the interpreter raised an
+    // error.
+    let not_a_list = json!({"tools": "not a list", "messages": []});
+    assert_eq!(
+        prepared.eval(&ep, &not_a_list).unwrap(),
+        Some(json!({"action": "allow"}))
+    );
+    assert!(prepared.eval_interpreted(&ep, &not_a_list).is_err());
+}

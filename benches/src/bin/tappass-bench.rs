@@ -14,6 +14,8 @@
 mod memory;
 #[path = "tappass-bench/mixed.rs"]
 mod mixed;
+#[path = "tappass-bench/setups.rs"]
+mod setups;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::{json, Value};
+use setups::Setup;
 
 const KEY: &str = "tp-bench-key";
 
@@ -370,40 +373,6 @@ async fn stream_probe(
     })
 }
 
-fn gateway_config(
-    dir: &Path,
-    port: u16,
-    admin: u16,
-    mock: u16,
-    audit: bool,
-    guardrails: bool,
-) -> PathBuf {
-    let guardrails = if guardrails {
-        // Every step on: content guardrails on prompts, tool results and
-        // responses (streams included), tool-call governance, no-train,
-        // and budgets (limits far above what a run spends, so that every
-        // call reserves and settles without being refused).
-        "guardrails:\n  secrets: block\n  pii: redact\n  injection: block\n  response_secrets: redact\n  response_pii: redact\n  exfil: block\n  response_exfil: redact\n  tool_results: block\n  no_train: true\nbudgets:\n  default_org: bench\n  prices:\n    mock-gpt: { input: 0.15, output: 0.60 }\n  scopes:\n    org:bench: { dollars_per_month: 1000000 }\n    agent:*: { tokens_per_day: 100000000000, requests_per_minute: 100000000 }\n"
-    } else {
-        ""
-    };
-    let audit = if audit {
-        format!(
-            "audit:\n  dir: {}\n  gateway_id: bench\n",
-            dir.join(format!("audit-{port}")).display()
-        )
-    } else {
-        String::new()
-    };
-    let cfg = format!(
-        "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\nlog:\n  level: warn\n{guardrails}{audit}api_keys:\n  - name: bench\n    sha256: {}\nproviders:\n  - name: mock\n    kind: openai-compatible\n    base_url: http://127.0.0.1:{mock}/v1\nmodels:\n  - name: mock-gpt\n    provider: mock\n",
-        tappass_dataplane::auth::hash_key(KEY)
-    );
-    let path = dir.join(format!("gateway-{port}.yaml"));
-    std::fs::write(&path, cfg).expect("write gateway config");
-    path
-}
-
 fn start_peers(dir: &Path, mock: u16, targets: &mut Vec<Target>, notes: &mut Vec<String>) {
     // LiteLLM proxy in a virtualenv, config only, no database.
     let venv = PathBuf::from(std::env::var("HOME").unwrap_or_default())
@@ -540,17 +509,7 @@ fn run(args: &Args) -> Result<(), String> {
         headers: vec![],
         _procs: vec![],
     }];
-    let pt_port = free_port();
-    let pt = spawn(
-        Command::new(bin("tappass-bench-passthrough")).args([
-            "--listen",
-            &format!("127.0.0.1:{pt_port}"),
-            "--upstream",
-            &format!("127.0.0.1:{mock_port}"),
-        ]),
-        pt_port,
-        "pingora pass-through",
-    )?;
+    let (pt, pt_port) = setups::start_passthrough(mock_port)?;
     targets.push(Target {
         name: "Pingora pass-through".into(),
         base: format!("http://127.0.0.1:{pt_port}/v1"),
@@ -558,29 +517,21 @@ fn run(args: &Args) -> Result<(), String> {
         headers: vec![],
         _procs: vec![pt],
     });
-    for (name, audit, guardrails) in [
-        ("TapPass, audit off", false, false),
-        ("TapPass, audit on (signed, durable)", true, false),
-        ("TapPass, every step on", true, true),
+    for setup in [
+        Setup::PipelineOff,
+        Setup::PipelineOffAudited,
+        Setup::EveryStep,
     ] {
-        let (port, admin) = (free_port(), free_port());
-        let cfg = gateway_config(dir.path(), port, admin, mock_port, audit, guardrails);
-        let p = spawn(
-            Command::new(bin("tappass-gateway"))
-                .arg("--config")
-                .arg(&cfg),
-            port,
-            name,
-        )?;
+        let (p, port) = setups::start_gateway(dir.path(), mock_port, setup)?;
         targets.push(Target {
-            name: name.into(),
+            name: setup.name().into(),
             base: format!("http://127.0.0.1:{port}/v1"),
             pid: Some(p.0.id()),
             headers: vec![],
             _procs: vec![p],
         });
+        notes.push(setup.describe().into());
     }
-    notes.push("\"Every step on\" scans every prompt, tool result and response (streamed ones included) for secrets, personal data, prompt injection and exfiltration, checks the tool calls a model returns (catalog, arguments, loop guard), asks the provider not to store the call, and reserves and settles every call's budget (org dollars per month, agent tokens per day and requests per minute, counters in memory), on top of the signed, durable audit trail. No compliance pack's Rego is loaded (the configuration has no agent policy).".into());
     if args.peers {
         start_peers(dir.path(), mock_port, &mut targets, &mut notes);
     } else {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::{bin, chat_body, free_port, gateway_config, spawn, Args, Proc, KEY};
+use super::setups::{start_gateway, start_passthrough, Setup};
+use super::{bin, chat_body, free_port, spawn, Args, Proc, KEY};
 
 /// VmRSS and VmHWM of one process, in KiB.
 fn rss_hwm_kib(pid: u32) -> (u64, u64) {
@@ -131,37 +132,16 @@ pub fn run(args: &Args) -> Result<(), String> {
         "tappass-mock-llm",
     )?;
     let mut subjects = Vec::new();
-    for (name, audit, guardrails) in [
-        ("TapPass, guardrails + audit", true, true),
-        ("TapPass, audit off", false, false),
-    ] {
-        let (port, admin) = (free_port(), free_port());
-        let cfg = gateway_config(dir.path(), port, admin, mock_port, audit, guardrails);
-        let p = spawn(
-            Command::new(bin("tappass-gateway"))
-                .arg("--config")
-                .arg(&cfg),
-            port,
-            name,
-        )?;
+    for setup in [Setup::EveryStep, Setup::PipelineOff] {
+        let (p, port) = start_gateway(dir.path(), mock_port, setup)?;
         subjects.push(Subject {
-            name,
+            name: setup.name(),
             url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
             pid: p.0.id(),
             _proc: p,
         });
     }
-    let pt_port = free_port();
-    let pt = spawn(
-        Command::new(bin("tappass-bench-passthrough")).args([
-            "--listen",
-            &format!("127.0.0.1:{pt_port}"),
-            "--upstream",
-            &format!("127.0.0.1:{mock_port}"),
-        ]),
-        pt_port,
-        "pingora pass-through",
-    )?;
+    let (pt, pt_port) = start_passthrough(mock_port)?;
     subjects.push(Subject {
         name: "Pingora pass-through",
         url: format!("http://127.0.0.1:{pt_port}/v1/chat/completions"),
@@ -337,7 +317,11 @@ fn report(args: &Args, n: usize, secs: u64, wall: f64, results: &[Value]) -> Res
             mib(&r["rss_after_kib"]),
         ));
     }
-    md.push_str("\n\"Guardrails + audit\" holds, per stream, the response guard's streaming scanner (a Hyperscan stream and its scratch), the held-back window and the call record; \"audit off\" is the gateway with the pipeline off.\n");
+    md.push_str("\n\"Every step on\" holds, per stream, the response guard's streaming scanner (a Hyperscan stream and its scratch), the held-back window, the tool-call and budget stream hooks and the call record. ");
+    md.push_str(Setup::EveryStep.describe());
+    md.push(' ');
+    md.push_str(Setup::PipelineOff.describe());
+    md.push('\n');
     let json = json!({
         "streams": n, "stream_seconds": secs, "wall_seconds": wall,
         "cpus": cpus, "cpu_model": cpu_model, "results": results,
