@@ -137,6 +137,12 @@ pub struct GuardrailsConfig {
     /// Injection score at or above which the prompt is refused.
     #[serde(default = "default_injection_threshold")]
     pub injection_threshold: f32,
+    /// Jailbreaks (`detect_jailbreak`: personas such as DAN, developer
+    /// modes, "no restrictions" claims), scored on the jailbreak families
+    /// alone against `injection_threshold`: block, log or off. Default: the
+    /// `injection` setting.
+    #[serde(default)]
+    pub jailbreak: Option<GuardAction>,
     #[serde(default)]
     pub redaction: RedactionStyle,
     /// Secrets in the model's output (default `redact`).
@@ -303,6 +309,7 @@ impl Default for GuardrailsConfig {
             pii: GuardAction::Redact,
             injection: GuardAction::Block,
             injection_threshold: default_injection_threshold(),
+            jailbreak: None,
             redaction: RedactionStyle::Mask,
             response_secrets: GuardAction::Redact,
             response_pii: GuardAction::Redact,
@@ -942,6 +949,12 @@ impl Config {
                 return Err(err(
                     "guardrails.injection".into(),
                     "must be block, log or off (an injection cannot be redacted)".into(),
+                ));
+            }
+            if g.jailbreak == Some(GuardAction::Redact) {
+                return Err(err(
+                    "guardrails.jailbreak".into(),
+                    "must be block, log or off (a jailbreak cannot be redacted)".into(),
                 ));
             }
             if g.tool_results == GuardAction::Redact {

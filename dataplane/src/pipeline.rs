@@ -9,7 +9,7 @@
 //!
 //! Request steps (in order): `tools_denied`, `detect_secrets`, `detect_pii`,
 //! `detect_exfil` (then `redact_pii_in_prompt`), `detect_prompt_injection`,
-//! `tool_result_scan`, `apply_compiled_policy`, `enforce_no_train` (the last
+//! `detect_jailbreak` (both from one injection score), `tool_result_scan`, `apply_compiled_policy`, `enforce_no_train` (the last
 //! three in [`crate::steps`], which also holds the step registry and
 //! `upstream_allowed`). Response steps: `detect_secrets_in_response`,
 //! `detect_pii_in_response`, `detect_exfil_in_response`, on whole bodies
@@ -27,7 +27,8 @@
 //! |---|---|---|
 //! | `secrets` | `detect_secrets` | block, redact, log, off (`block`) |
 //! | `pii` | `detect_pii`, `redact_pii_in_prompt` | (`redact`) |
-//! | `injection`, `injection_threshold` | `detect_prompt_injection` | block, log, off (`block`), 0..1 (`0.5`) |
+//! | `injection`, `injection_threshold` | `detect_prompt_injection` | block, log, off (`block`), 0..1 (`0.5`) → 403 `prompt_injection` |
+//! | `jailbreak` | `detect_jailbreak` (the persona family's score, same threshold) | block, log, off (the `injection` setting) → 403 `jailbreak` |
 //! | `exfil` | `detect_exfil` | block, redact, log, off (`off`) → 403 `exfil_blocked` |
 //! | `response_secrets`, `response_pii` | `detect_*_in_response` | (`redact`) |
 //! | `response_exfil` | `detect_exfil_in_response` | block, redact, log, off (`off`) → `exfil_blocked` |
@@ -37,7 +38,7 @@
 //!
 //! A Compiled Policy overrides these per agent: its `pipeline` steps
 //! (`secret_detection`, `pii_detection`, `injection_guard` — which also
-//! sets `tool_result_scan` —, `exfiltration_guard` per phase,
+//! sets `detect_jailbreak` and `tool_result_scan` —, `exfiltration_guard` per phase,
 //! `scan_output`, and the gateway's own step names), `enforce_no_train` as a
 //! step or through its `compliance_tags` (`no_train`, any `GDPR:` or
 //! `HIPAA:` tag), its `rego` bundle and steps' `rego_entrypoints`
@@ -56,7 +57,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 use tappass_detectors::{
-    redact_window, Categories, Category, Finding, Pseudonyms, RedactMode, RuleSet, StreamScanner,
+    redact_window, Categories, Category, Finding, InjectionScore, Pseudonyms, RedactMode, RuleSet,
+    StreamScanner,
 };
 
 use crate::call_record::CallRecord;
@@ -124,6 +126,8 @@ pub struct Guardrails {
     pub pii: StepSetting,
     pub injection: StepSetting,
     pub injection_threshold: f32,
+    /// `detect_jailbreak`: the jailbreak families of the injection score.
+    pub jailbreak: StepSetting,
     pub mode: RedactMode,
     pub response_secrets: StepSetting,
     pub response_pii: StepSetting,
@@ -170,6 +174,7 @@ impl Guardrails {
             pii: s(c.pii),
             injection: s(c.injection),
             injection_threshold: c.injection_threshold,
+            jailbreak: s(c.jailbreak.unwrap_or(c.injection)),
             mode: match c.redaction {
                 RedactionStyle::Mask => RedactMode::Mask,
                 RedactionStyle::Pseudonym => RedactMode::Pseudonym,
@@ -267,6 +272,7 @@ impl Guardrails {
                         provenance: FROM_POLICY,
                     };
                     self.injection = set;
+                    self.jailbreak = set;
                     self.tool_results = set;
                 }
                 "exfiltration_guard" => {
@@ -292,6 +298,17 @@ impl Guardrails {
                 "enforce_no_train" => self.no_train = Some(FROM_POLICY),
                 "detect_secrets" => self.secrets = set,
                 "detect_pii" | "redact_pii_in_prompt" => self.pii = set,
+                "detect_jailbreak" => {
+                    // A jailbreak cannot be redacted: redact means block.
+                    self.jailbreak = StepSetting {
+                        action: if action == GuardAction::Redact {
+                            GuardAction::Block
+                        } else {
+                            action
+                        },
+                        provenance: FROM_POLICY,
+                    };
+                }
                 "detect_prompt_injection" => {
                     // An injection cannot be redacted: redact means block.
                     self.injection = StepSetting {
@@ -685,7 +702,7 @@ pub fn run_request(
                     }
                 }
             }
-            if on(g.injection) {
+            if on(g.injection) || on(g.jailbreak) {
                 texts_for_injection.push_str(s);
                 texts_for_injection.push('\n');
             }
@@ -773,11 +790,32 @@ pub fn run_request(
             );
         }
     }
-    if on(g.injection) {
+    if on(g.injection) || on(g.jailbreak) {
+        let step = if on(g.injection) {
+            "detect_prompt_injection"
+        } else {
+            "detect_jailbreak"
+        };
         let score = g
             .rules
             .score_injection(&texts_for_injection)
-            .map_err(|e| failed(rec, "detect_prompt_injection", e.to_string()))?;
+            .map_err(|e| failed(rec, step, e.to_string()))?;
+        detect_prompt_injection(g, &score, rec)?;
+        detect_jailbreak(g, &score, rec)?;
+    }
+    crate::steps::tool_result_scan(g, call, rec)?;
+    crate::steps::apply_compiled_policy(g, call, rec)?;
+    crate::steps::enforce_no_train(g, call, rec);
+    Ok(redactions)
+}
+
+/// `detect_prompt_injection`: the whole injection score of the prompt.
+fn detect_prompt_injection(
+    g: &Guardrails,
+    score: &InjectionScore,
+    rec: &mut CallRecord,
+) -> Result<(), GatewayError> {
+    if on(g.injection) {
         let hit = score.exceeds(g.injection_threshold);
         let d = decision(g.injection.action, usize::from(hit));
         rec.step(
@@ -799,10 +837,41 @@ pub fn run_request(
             ));
         }
     }
-    crate::steps::tool_result_scan(g, call, rec)?;
-    crate::steps::apply_compiled_policy(g, call, rec)?;
-    crate::steps::enforce_no_train(g, call, rec);
-    Ok(redactions)
+    Ok(())
+}
+
+/// `detect_jailbreak`: the score of the jailbreak families alone (personas,
+/// developer modes, "no restrictions" claims), on the same threshold.
+fn detect_jailbreak(
+    g: &Guardrails,
+    score: &InjectionScore,
+    rec: &mut CallRecord,
+) -> Result<(), GatewayError> {
+    if !on(g.jailbreak) {
+        return Ok(());
+    }
+    let jailbreak = score.jailbreak_score();
+    let hit = jailbreak >= g.injection_threshold;
+    let d = decision(g.jailbreak.action, usize::from(hit));
+    rec.step(
+        "detect_jailbreak",
+        d,
+        "content",
+        g.jailbreak.provenance,
+        json!({"score": jailbreak, "threshold": g.injection_threshold,
+            "families": tappass_detectors::JAILBREAK_FAMILIES,
+            "rules": score.jailbreak_rules.iter().map(|r| r.to_string()).collect::<Vec<_>>()}),
+    );
+    if d == "deny" {
+        return Err(denied(
+            "jailbreak",
+            format!(
+                "the request looks like a jailbreak (score {jailbreak:.2}, threshold {:.2})",
+                g.injection_threshold
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Scan the strings of `v` reached through [`OUTPUT_FIELDS`] and redact

@@ -105,6 +105,11 @@ pub const REGISTRY: &[StepSpec] = &[
         "guardrails.injection",
     ),
     step(
+        "detect_jailbreak",
+        Phase::Request,
+        "guardrails.jailbreak (default: the injection setting)",
+    ),
+    step(
         "tool_result_scan",
         Phase::Request,
         "guardrails.tool_results",

@@ -33,14 +33,34 @@ pub struct InjectionScore {
     pub families: BTreeMap<Arc<str>, f32>,
     /// Rule ids that matched.
     pub rules: Vec<Arc<str>>,
+    /// The matched rules of the [`JAILBREAK_FAMILIES`].
+    pub jailbreak_rules: Vec<Arc<str>>,
     /// Some match was found only in decoded (base64/hex/URL) content.
     pub from_encoded: bool,
 }
+
+/// The pattern families that are jailbreaks (attempts to talk the model
+/// out of its rules: personas such as DAN, developer or god modes, "no
+/// restrictions" claims, fictional and testing pretexts, emotional
+/// pressure) rather than injected instructions.
+pub const JAILBREAK_FAMILIES: &[&str] = &["persona"];
 
 impl InjectionScore {
     /// Whether the score reaches a policy threshold.
     pub fn exceeds(&self, threshold: f32) -> bool {
         self.score >= threshold
+    }
+
+    /// The score of the jailbreak families alone, combined as the whole
+    /// score is (so it never exceeds it).
+    pub fn jailbreak_score(&self) -> f32 {
+        let keep: f32 = self
+            .families
+            .iter()
+            .filter(|(f, _)| JAILBREAK_FAMILIES.contains(&f.as_ref()))
+            .map(|(_, w)| 1.0 - w.clamp(0.0, 1.0))
+            .product();
+        (1.0 - keep).clamp(0.0, 1.0)
     }
 }
 
@@ -55,12 +75,14 @@ impl RuleSet {
     pub fn score_injection(&self, text: &str) -> Result<InjectionScore, ScanError> {
         let mut families: BTreeMap<Arc<str>, f32> = BTreeMap::new();
         let mut rules: Vec<Arc<str>> = Vec::new();
+        let mut jailbreak_rules: Vec<Arc<str>> = Vec::new();
         let mut from_encoded = false;
         let Some((db, ids)) = &self.inner.injection_db else {
             return Ok(InjectionScore {
                 score: 0.0,
                 families,
                 rules,
+                jailbreak_rules: Vec::new(),
                 from_encoded,
             });
         };
@@ -91,6 +113,13 @@ impl RuleSet {
                 *w = w.max(rule.score);
                 if !rules.contains(&rule.id) {
                     rules.push(rule.id.clone());
+                    let jailbreak = rule
+                        .family
+                        .as_deref()
+                        .is_some_and(|f| JAILBREAK_FAMILIES.contains(&f));
+                    if jailbreak {
+                        jailbreak_rules.push(rule.id.clone());
+                    }
                 }
                 if *encoded {
                     from_encoded = true;
@@ -108,6 +137,7 @@ impl RuleSet {
             score: (1.0 - keep).clamp(0.0, 1.0),
             families,
             rules,
+            jailbreak_rules,
             from_encoded,
         })
     }

@@ -64,7 +64,7 @@ pub mod validators;
 
 pub use engine::{Finding, RuleSet, MAX_EXTENDED_LEN, MAX_MATCH_LEN};
 pub use evidence::{Evidence, EvidenceKey};
-pub use injection::{InjectionScore, DEFAULT_INJECTION_THRESHOLD};
+pub use injection::{InjectionScore, DEFAULT_INJECTION_THRESHOLD, JAILBREAK_FAMILIES};
 pub use redact::{redact, redact_window, Pseudonyms, RedactMode};
 pub use rules::{Categories, Category, Decode, RuleSpec};
 pub use stream::{Feed, StreamScanner};
