@@ -24,6 +24,47 @@ pub struct Caller {
     pub sandbox: Option<String>,
     /// Model patterns the caller may use (empty: any configured model).
     pub models: Vec<String>,
+    /// The tools a capability token confines its session to
+    /// (`enforce_session_scope`); `None` when the token names none.
+    pub tool_scope: Option<std::sync::Arc<ToolScope>>,
+}
+
+/// A capability token's tool scope: it narrows whatever the policy allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolScope {
+    /// Tool name patterns allowed (empty: the policy decides).
+    pub allow: Vec<String>,
+    /// Tool name patterns denied.
+    pub deny: Vec<String>,
+    /// Schema → granted access (`read`, `write`). When not empty, a catalog
+    /// tool naming a schema may only touch the schemas listed, with the
+    /// access listed.
+    pub schemas: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl ToolScope {
+    fn from_token(s: &tappass_tokens::Scope) -> Option<ToolScope> {
+        let scope = ToolScope {
+            allow: s.tools_allow.clone(),
+            deny: s.tools_deny.clone(),
+            schemas: s.schemas_acl.clone(),
+        };
+        (!scope.allow.is_empty() || !scope.deny.is_empty() || !scope.schemas.is_empty())
+            .then_some(scope)
+    }
+
+    /// Why a tool, known by any of `names` (its called name, its catalog
+    /// id), is outside the scope; `None` when it is inside.
+    pub fn refuses(&self, names: &[&str]) -> Option<String> {
+        let matches = |p: &String| names.iter().any(|n| crate::providers::glob_match(p, n));
+        if let Some(p) = self.deny.iter().find(|p| matches(p)) {
+            return Some(format!("it matches the token's denied pattern `{p}`"));
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(matches) {
+            return Some("it is outside the token's tool scope".into());
+        }
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +85,7 @@ impl Caller {
             project: None,
             sandbox: None,
             models: Vec::new(),
+            tool_scope: None,
         }
     }
 
@@ -107,6 +149,8 @@ impl TokenAuth {
         })
     }
 
+    /// The token's caller; whether its sandbox is active is
+    /// [`TokenAuth::check_sandbox`]'s question.
     fn verify(&self, token: &str) -> Result<Caller, GatewayError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -114,25 +158,63 @@ impl TokenAuth {
             .unwrap_or(0);
         let c = self
             .verifier
-            .verify(token, now, &self.revocations)
-            .map_err(|e| GatewayError::TokenRejected {
-                code: e.code(),
-                message: e.to_string(),
-            })?;
+            .verify_credential(token, now, &self.revocations)
+            .map_err(token_rejected)?;
         Ok(Caller {
             agent: c.sub,
             method: AuthMethod::Token { jti: c.jti },
             org: c.org,
             project: c.project,
             sandbox: c.sandbox,
+            tool_scope: ToolScope::from_token(&c.scope).map(std::sync::Arc::new),
             models: c.scope.models,
         })
     }
 }
 
-/// Verify the caller: a capability token (when the gateway trusts a token
-/// issuer and the bearer credential is a JWT) or a gateway API key.
+fn token_rejected(e: tappass_tokens::TokenError) -> GatewayError {
+    GatewayError::TokenRejected {
+        code: e.code(),
+        message: e.to_string(),
+    }
+}
+
+impl TokenAuth {
+    /// `check_sandbox_active`: the sandbox a token caller runs in has not
+    /// been revoked (API-key callers and tokens without a sandbox pass).
+    pub fn check_sandbox(&self, caller: &Caller) -> Result<(), GatewayError> {
+        match &caller.sandbox {
+            Some(sb)
+                if matches!(caller.method, AuthMethod::Token { .. })
+                    && self.revocations.sandboxes.contains(sb) =>
+            {
+                Err(token_rejected(tappass_tokens::TokenError::SandboxRevoked(
+                    sb.clone(),
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Verify the caller, its sandbox included.
 pub fn authenticate(
+    keys: &ApiKeys,
+    tokens: Option<&TokenAuth>,
+    authorization: Option<&[u8]>,
+    x_api_key: Option<&[u8]>,
+) -> Result<Caller, GatewayError> {
+    let caller = identify(keys, tokens, authorization, x_api_key)?;
+    if let Some(t) = tokens {
+        t.check_sandbox(&caller)?;
+    }
+    Ok(caller)
+}
+
+/// `verify_identity`: a capability token (when the gateway trusts a token
+/// issuer and the bearer credential is a JWT) or a gateway API key. The
+/// token's sandbox is checked apart ([`TokenAuth::check_sandbox`]).
+pub fn identify(
     keys: &ApiKeys,
     tokens: Option<&TokenAuth>,
     authorization: Option<&[u8]>,

@@ -252,7 +252,12 @@ impl Gateway {
             };
             return self.respond_error(session, rec, &e, style, false).await;
         }
-        let caller = match authenticate(&state, session) {
+        let caller = match crate::auth::identify(
+            &state.keys,
+            state.tokens.as_ref(),
+            session.get_header("authorization").map(|v| v.as_bytes()),
+            session.get_header("x-api-key").map(|v| v.as_bytes()),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 let at = ("verify_identity", "identity", "config:api_keys,tokens");
@@ -270,6 +275,23 @@ impl Gateway {
             ),
         };
         rec.step("verify_identity", "allow", "identity", provenance, method);
+        if let (Some(t), Some(sb)) = (state.tokens.as_ref(), caller.sandbox.as_deref()) {
+            let evidence =
+                json!({"sandbox": sb, "revoked_sandboxes": t.revocations.sandboxes.len()});
+            if let Err(e) = t.check_sandbox(&caller) {
+                let at = ("check_sandbox_active", "identity", "tokens:revocations");
+                rec.agent = Some(caller.agent.clone());
+                rec.sandbox = caller.sandbox.clone();
+                return self.deny(session, rec, at, &e, style, false).await;
+            }
+            rec.step(
+                "check_sandbox_active",
+                "allow",
+                "identity",
+                "tokens:revocations",
+                evidence,
+            );
+        }
         rec.agent = Some(caller.agent.clone());
         rec.org = caller.org.clone();
         rec.project = caller.project.clone();
@@ -330,6 +352,26 @@ impl Gateway {
                 return self.respond_error(session, rec, &e, style, true).await;
             }
         };
+        // A token that scopes tools is enforced even for a caller without
+        // guardrails of its own.
+        let guard = match (guard, caller.tool_scope.as_deref()) {
+            (None, Some(_)) => match crate::pipeline::scope_only_guardrails() {
+                Ok(g) => Some(g),
+                Err(reason) => {
+                    let e = GatewayError::GuardrailFailed {
+                        step: "enforce_session_scope",
+                        reason,
+                    };
+                    let at = ("enforce_session_scope", "tools", "token:scope");
+                    return self.deny(session, rec, at, &e, style, true).await;
+                }
+            },
+            (g, _) => g,
+        };
+        if let Some(scope) = caller.tool_scope.as_deref() {
+            let catalog = guard.as_ref().map(|g| &g.tools);
+            crate::steps::enforce_session_scope(scope, catalog, &mut call, rec);
+        }
         let mut redactions = crate::pipeline::Redactions::default();
         if let Some(g) = &guard {
             match crate::pipeline::run_request(g, &mut call, rec) {
@@ -758,7 +800,11 @@ impl Gateway {
         let header = session
             .get_header(crate::tool_governance::SESSION_HEADER)
             .and_then(|v| v.to_str().ok());
-        let guard = state.pipeline.for_agent(&caller.agent);
+        let guard = match state.pipeline.for_agent(&caller.agent) {
+            // The token's tool scope governs even without guardrails.
+            None if caller.tool_scope.is_some() => Some(crate::pipeline::scope_only_guardrails()),
+            g => g,
+        };
         match crate::tool_governance::tools_api(guard, &caller, header, &body, execute, rec) {
             Ok(v) => {
                 let body = Bytes::from(v.to_string());

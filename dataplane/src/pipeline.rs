@@ -605,50 +605,55 @@ fn tools_denied(g: &Guardrails, call: &mut Call, rec: &mut CallRecord) {
     if g.tools_deny.is_empty() {
         return;
     }
+    let (total, removed) = remove_offered_tools(call, |n| {
+        g.tools_deny
+            .iter()
+            .any(|p| crate::providers::glob_match(p, n))
+    });
+    let (decision, evidence) = if removed.is_empty() {
+        ("allow", json!({"tools": total}))
+    } else {
+        ("redact", json!({"removed": removed, "tools": total}))
+    };
+    rec.step(
+        "tools_denied",
+        decision,
+        "tools",
+        g.tools_provenance,
+        evidence,
+    );
+}
+
+/// Remove the tool definitions of the request whose name `remove` selects.
+/// Returns how many were offered and the names removed. A forced choice of
+/// a removed tool goes too (the upstream would refuse it).
+pub(crate) fn remove_offered_tools(
+    call: &mut Call,
+    remove: impl Fn(&str) -> bool,
+) -> (usize, Vec<String>) {
     let name_of = |t: &Value| -> Option<String> {
         t.get("name")
             .or_else(|| t.pointer("/function/name"))
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    let denied_name = |t: &Value| {
-        name_of(t).filter(|n| {
-            g.tools_deny
-                .iter()
-                .any(|p| crate::providers::glob_match(p, n))
-        })
-    };
+    let removed_name = |t: &Value| name_of(t).filter(|n| remove(n));
     let Some(tools) = call.body().get("tools").and_then(Value::as_array) else {
-        rec.step(
-            "tools_denied",
-            "allow",
-            "tools",
-            g.tools_provenance,
-            json!({"tools": 0}),
-        );
-        return;
+        return (0, Vec::new());
     };
     let total = tools.len();
-    let removed: Vec<String> = tools.iter().filter_map(denied_name).collect();
+    let removed: Vec<String> = tools.iter().filter_map(removed_name).collect();
     if removed.is_empty() {
-        rec.step(
-            "tools_denied",
-            "allow",
-            "tools",
-            g.tools_provenance,
-            json!({"tools": total}),
-        );
-        return;
+        return (total, removed);
     }
     let body = call.body_mut();
     if let Some(Value::Array(tools)) = body.get_mut("tools") {
-        tools.retain(|t| denied_name(t).is_none());
+        tools.retain(|t| removed_name(t).is_none());
         if tools.is_empty() {
             body.remove("tools");
             body.remove("tool_choice");
         }
     }
-    // A forced choice of a removed tool would make the upstream refuse.
     let forced = body
         .get("tool_choice")
         .and_then(|c| c.get("name").or_else(|| c.pointer("/function/name")))
@@ -657,13 +662,22 @@ fn tools_denied(g: &Guardrails, call: &mut Call, rec: &mut CallRecord) {
     if forced {
         body.remove("tool_choice");
     }
-    rec.step(
-        "tools_denied",
-        "redact",
-        "tools",
-        g.tools_provenance,
-        json!({"removed": removed, "tools": total}),
-    );
+    (total, removed)
+}
+
+/// The effective guardrails of a caller that has none but whose capability
+/// token scopes its tools: every step off, so that only the token's scope
+/// governs the tool calls (built once per process, on the shared rule set).
+pub fn scope_only_guardrails() -> Result<Arc<Guardrails>, String> {
+    static SCOPE_ONLY: OnceLock<Result<Arc<Guardrails>, String>> = OnceLock::new();
+    SCOPE_ONLY
+        .get_or_init(|| {
+            let rules = rule_set(false)?;
+            let mut g = Guardrails::from_config(&GuardrailsConfig::all_off(), rules)?;
+            g.tools.action = GuardAction::Off;
+            Ok(Arc::new(g))
+        })
+        .clone()
 }
 
 /// Run the request steps on `call`. Redactions rewrite the body that is

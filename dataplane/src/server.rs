@@ -208,7 +208,10 @@ impl GatewayServer {
             crate::local_policy::start(local, state.clone(), rebuild)
                 .map_err(ServerError::State)?;
         }
-        if config.control_plane.is_some() || config.local_policies.is_some() {
+        if config.control_plane.is_some()
+            || config.local_policies.is_some()
+            || config.tokens.is_some()
+        {
             crate::pipeline::warm_rules_in_background();
         }
         let ledger =

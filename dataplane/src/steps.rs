@@ -40,11 +40,13 @@ use serde_json::{json, Map, Value};
 use tappass_detectors::Category;
 use tappass_policies::RegoAction;
 
+use crate::auth::ToolScope;
 use crate::call_record::CallRecord;
 use crate::config::GuardAction;
 use crate::error::GatewayError;
 use crate::pipeline::Guardrails;
 use crate::providers::{glob_match, Target};
+use crate::tool_governance::ToolPolicy;
 use crate::wire::{Call, Endpoint};
 
 /// Where a step runs.
@@ -89,7 +91,17 @@ const fn step(name: &'static str, phase: Phase, enabled_by: &'static str) -> Ste
 /// every format in [`FORMATS`], streamed and not.
 pub const REGISTRY: &[StepSpec] = &[
     step("verify_identity", Phase::Request, "always"),
+    step(
+        "check_sandbox_active",
+        Phase::Request,
+        "a capability token naming a sandbox",
+    ),
     step("validate_request", Phase::Request, "always"),
+    step(
+        "enforce_session_scope",
+        Phase::Request,
+        "a capability token with a tool scope (also on every tool call)",
+    ),
     step("tools_denied", Phase::Request, "guardrails.tools_deny"),
     step("detect_secrets", Phase::Request, "guardrails.secrets"),
     step("detect_pii", Phase::Request, "guardrails.pii"),
@@ -430,6 +442,38 @@ pub fn apply_compiled_policy(
         });
     }
     Ok(())
+}
+
+// ---- enforce_session_scope ----
+
+/// `enforce_session_scope` on the request: the tools offered to the model
+/// that the caller's capability token does not scope in are removed (the
+/// tool calls the model returns are held to the same scope by
+/// [`crate::tool_governance`]).
+pub fn enforce_session_scope(
+    scope: &ToolScope,
+    catalog: Option<&ToolPolicy>,
+    call: &mut Call,
+    rec: &mut CallRecord,
+) {
+    // A tool is known by its name and by its catalog id.
+    let (total, removed) = crate::pipeline::remove_offered_tools(call, |n| {
+        let id = catalog.and_then(|c| c.resolve(n)).map(|t| t.id.as_str());
+        let names: Vec<&str> = std::iter::once(n).chain(id).collect();
+        scope.refuses(&names).is_some()
+    });
+    let (decision, evidence) = if removed.is_empty() {
+        ("allow", json!({"tools": total}))
+    } else {
+        ("redact", json!({"removed": removed, "tools": total}))
+    };
+    rec.step(
+        "enforce_session_scope",
+        decision,
+        "tools",
+        "token:scope",
+        evidence,
+    );
 }
 
 // ---- enforce_no_train ----

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, ToolScope};
 use crate::call_record::CallRecord;
 use crate::config::{GuardAction, ToolsConfig};
 use crate::error::GatewayError;
@@ -680,6 +680,8 @@ pub struct ToolGate {
     declared: DeclaredTools,
     session_key: String,
     session: Value,
+    /// The caller's capability-token tool scope (`enforce_session_scope`).
+    scope: Option<Arc<ToolScope>>,
 }
 
 impl ToolGate {
@@ -704,6 +706,7 @@ impl ToolGate {
             session: json!({"id": if id.is_empty() { Value::Null } else { json!(id) }, "source": source}),
             g,
             declared,
+            scope: caller.tool_scope.clone(),
         }
     }
 
@@ -739,7 +742,7 @@ impl ToolGate {
         let p = self.policy();
         let g = &self.g;
         let mut r = CheckResult::default();
-        if !p.enabled() {
+        if !p.enabled() && self.scope.is_none() {
             return r;
         }
         let tool = p.resolve(name);
@@ -748,6 +751,57 @@ impl ToolGate {
         let ids: Vec<&str> = std::iter::once(name)
             .chain(tool.map(|t| t.id.as_str()))
             .collect();
+        // enforce_session_scope: the token's scope narrows the policy and is
+        // always enforced, whatever the policy's own action.
+        if let Some(scope) = &self.scope {
+            let refusal = scope.refuses(&ids).or_else(|| {
+                let t = tool.filter(|_| !scope.schemas.is_empty())?;
+                let param = t.schema_param.as_ref()?;
+                let needed = if t
+                    .capabilities
+                    .iter()
+                    .any(|c| WRITE_CAPABILITIES.contains(&c.as_str()))
+                {
+                    "write"
+                } else {
+                    "read"
+                };
+                let args: Value = serde_json::from_str(arguments).unwrap_or(Value::Null);
+                let named = args.get(param).and_then(Value::as_str).unwrap_or_default();
+                let granted = scope.schemas.get(named).or_else(|| {
+                    named
+                        .split(['.', '/'])
+                        .next()
+                        .and_then(|head| scope.schemas.get(head))
+                });
+                match granted {
+                    Some(g) if g.iter().any(|a| a == needed) => None,
+                    _ => Some(format!(
+                        "the token does not grant {needed} access to schema `{named}`"
+                    )),
+                }
+            });
+            let ev = json!({"tool": name, "catalog_id": cid, "allow": scope.allow,
+                "deny": scope.deny, "schemas": scope.schemas.keys().collect::<Vec<_>>()});
+            r.fragments.push(Fragment {
+                step: "enforce_session_scope",
+                decision: if refusal.is_some() { "deny" } else { "allow" },
+                provenance: "token:scope",
+                evidence: ev,
+            });
+            if let Some(reason) = refusal {
+                r.denied = Some(GatewayError::GuardrailDenied {
+                    code: "tool_denied",
+                    reason: format!(
+                        "the tool call `{name}` was refused by enforce_session_scope: {reason}"
+                    ),
+                });
+                return r;
+            }
+        }
+        if !p.enabled() {
+            return r;
+        }
         let block = p.action == GuardAction::Block;
         // Record a failing step; returns whether the checks stop here.
         let fail = |r: &mut CheckResult,
@@ -1166,7 +1220,7 @@ pub fn gate_for_call(
     session_header: Option<&str>,
     rec: &mut CallRecord,
 ) -> Result<Option<Arc<ToolGate>>, GatewayError> {
-    let Some(g) = guard.filter(|g| g.tools.enabled()) else {
+    let Some(g) = guard.filter(|g| g.tools.enabled() || caller.tool_scope.is_some()) else {
         return Ok(None);
     };
     let gate = ToolGate::new(
@@ -1878,6 +1932,7 @@ mod tests {
             project: None,
             sandbox: None,
             models: Vec::new(),
+            tool_scope: None,
         }
     }
 

@@ -141,7 +141,8 @@ async fn every_configured_step_runs_on_every_format_and_stream_flag() {
         mock.url(),
         mock.url()
     );
-    // The caller holds a capability token scoped to the two models.
+    // The caller holds a capability token scoped to the two models and
+    // (`enforce_session_scope`) to every tool.
     let key = SigningKeyPair::generate();
     let jwks = data.path().join("jwks.json");
     std::fs::write(&jwks, key.jwks().to_string()).unwrap();
@@ -164,6 +165,7 @@ async fn every_configured_step_runs_on_every_format_and_stream_flag() {
             tier: Some("worker".into()),
             scope: Scope {
                 models: vec!["m".into(), "c".into()],
+                tools_allow: vec!["*".into()],
                 ..Scope::default()
             },
             policy_version: Some(1),

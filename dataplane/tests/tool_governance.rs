@@ -598,3 +598,217 @@ async fn compiled_policy_schemas_acl_drops_pii_archive() {
     assert_denied_stream(Format::Chat, &text, "tool_denied");
     assert!(text.contains("schemas_acl"), "{text}");
 }
+
+/// `enforce_session_scope`: a capability token's tool scope governs a
+/// caller that has no guardrails at all. Offered tools outside the scope are
+/// removed before the upstream sees them; tool calls the model returns
+/// outside it (by name, by denied pattern, or on a schema the token does not
+/// grant) never reach the client in any format, streamed or not; calls
+/// inside it pass byte for byte; `/v1/tools/check` answers the same.
+#[tokio::test]
+async fn a_tokens_tool_scope_holds_without_guardrails() {
+    use tappass_keys::SigningKeyPair;
+    use tappass_tokens::{mint, Audience, Claims, Scope};
+
+    let mock = start_mock(&[]);
+    // The reference answers come from a mock of their own, so that the
+    // gateway's mock records only what the gateway sent.
+    let reference = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let key = SigningKeyPair::generate();
+    let jwks = data.path().join("jwks.json");
+    std::fs::write(&jwks, key.jwks().to_string()).unwrap();
+    let mut gw = Gateway::start(&format!(
+        "tokens:\n  jwks_file: {}\n  issuer: tappass-control\n{}",
+        jwks.display(),
+        config(&mock, &dir, "")
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = mint(
+        &Claims {
+            iss: "tappass-control".into(),
+            aud: Audience::One("tappass-gateway".into()),
+            sub: "scoped-agent".into(),
+            org: None,
+            project: None,
+            sandbox: Some("sb-scope".into()),
+            tier: None,
+            scope: Scope {
+                tools_allow: vec!["postgres.*".into(), "get_weather".into()],
+                tools_deny: vec!["postgres.execute".into()],
+                schemas_acl: [("customers".to_string(), vec!["read".to_string()])].into(),
+                models: Vec::new(),
+            },
+            policy_version: None,
+            iat: now,
+            nbf: None,
+            exp: now + 300,
+            jti: format!("tok-scope-{now}"),
+        },
+        &key,
+    );
+    let send = |f: Format, body: Value| {
+        let token = token.clone();
+        let url = gw.url(path(f));
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(token)
+                .header("anthropic-version", "2023-06-01")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let code = r
+                .headers()
+                .get("x-tappass-error-code")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            (status, code, r.text().await.unwrap())
+        }
+    };
+    let mut rows_expected = 0;
+    for f in FORMATS {
+        for stream in [false, true] {
+            // Outside the scope by name (the catalog knows it), by denied
+            // pattern, and on a schema the token does not grant.
+            for (name, args) in [
+                ("stripe_create_refund", "{\"amount\": 10}"),
+                (
+                    "postgres_execute",
+                    "{\"schema\":\"customers\",\"sql\":\"delete\"}",
+                ),
+                (
+                    "postgres_query",
+                    "{\"schema\":\"pii_archive\",\"sql\":\"select 1\"}",
+                ),
+            ] {
+                let (status, code, text) = send(f, request(f, name, args, 3, stream)).await;
+                rows_expected += 1;
+                if stream {
+                    assert_eq!(status, 200, "{f:?} {name}");
+                    assert_denied_stream(f, &text, "tool_denied");
+                } else {
+                    assert_eq!(
+                        (status, code.as_str()),
+                        (403, "tool_denied"),
+                        "{f:?} {name}: {text}"
+                    );
+                    assert!(text.contains("enforce_session_scope"), "{text}");
+                }
+            }
+            // Inside it: byte for byte what the provider sent.
+            let body = request(
+                f,
+                "postgres_query",
+                "{\"schema\":\"customers\",\"sql\":\"select 1\"}",
+                3,
+                stream,
+            );
+            let (status, _, text) = send(f, body.clone()).await;
+            rows_expected += 1;
+            assert_eq!(status, 200, "{f:?}: {text}");
+            if !stream {
+                let want: Value =
+                    serde_json::from_str(&direct(&reference, f, &body).await).unwrap();
+                let got: Value = serde_json::from_str(&text).unwrap();
+                let calls = |v: &Value| match f {
+                    Format::Chat => v["choices"][0]["message"]["tool_calls"][0]["function"].clone(),
+                    Format::Anthropic => v["content"][0]["input"].clone(),
+                    Format::Responses => v["output"][0]["arguments"].clone(),
+                };
+                assert_eq!(calls(&got), calls(&want), "{f:?}");
+            } else {
+                assert!(text.contains("postgres_query"), "{f:?}: {text}");
+            }
+        }
+    }
+    // The upstream never saw the tools outside the scope.
+    let seen: Value = client()
+        .get(format!("{}/__mock/requests", mock.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let requests = seen["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 24);
+    for r in requests {
+        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+        let offered: Vec<&str> = body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                t["name"]
+                    .as_str()
+                    .or(t["function"]["name"].as_str())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(offered, ["postgres_query", "get_weather"], "{body}");
+    }
+    // `/v1/tools/check` holds the same scope.
+    let check = |tool: &str, args: Value| {
+        let token = token.clone();
+        let url = gw.url("/v1/tools/check");
+        let body = json!({"tool": tool, "arguments": args});
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let v = check("shell_exec", json!({})).await;
+    assert_eq!(v["decision"], "deny", "{v}");
+    let v = check(
+        "postgres_query",
+        json!({"schema": "customers", "sql": "select 1"}),
+    )
+    .await;
+    assert_eq!(v["decision"], "allow", "{v}");
+    rows_expected += 2;
+
+    gw.proc.terminate();
+    let rows = records(&dir);
+    assert_eq!(rows.len(), rows_expected);
+    for (i, row) in rows.iter().enumerate() {
+        let steps: Vec<(&str, &str)> = row
+            .step_decisions
+            .iter()
+            .map(|s| (s.step.as_str(), s.decision.as_str()))
+            .collect();
+        // The model calls (the two tool checks come last).
+        if i < rows.len() - 2 {
+            assert!(
+                steps.contains(&("check_sandbox_active", "allow")),
+                "{steps:?}"
+            );
+        }
+        assert!(
+            steps.iter().any(|(s, _)| *s == "enforce_session_scope"),
+            "{steps:?}"
+        );
+    }
+    // The offered tools outside the scope were removed, and the audit says so.
+    let removed = rows[0]
+        .step_decisions
+        .iter()
+        .find(|s| s.step == "enforce_session_scope" && s.decision == "redact")
+        .expect("removal recorded");
+    assert_eq!(
+        removed.evidence["removed"],
+        json!(["shell_exec", "stripe_create_refund"])
+    );
+}

@@ -401,6 +401,8 @@ fn jailbreak_score_is_the_persona_family() {
     assert!(override_only.exceeds(0.5), "{override_only:?}");
     assert_eq!(override_only.jailbreak_score(), 0.0, "{override_only:?}");
     assert!(override_only.jailbreak_rules.is_empty());
-    let benign = rs.score_injection("What is the capital of France?").unwrap();
+    let benign = rs
+        .score_injection("What is the capital of France?")
+        .unwrap();
     assert_eq!(benign.jailbreak_score(), 0.0);
 }

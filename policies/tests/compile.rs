@@ -720,7 +720,8 @@ decision := {"action": "require_approval", "reason": "long conversation"} if {
         text: module.into(),
     }];
     let ep = "data.tappass.runtime.shapes.decision".to_string();
-    let prepared = PreparedRego::from_modules(&modules, std::slice::from_ref(&ep), &json!({})).unwrap();
+    let prepared =
+        PreparedRego::from_modules(&modules, std::slice::from_ref(&ep), &json!({})).unwrap();
     assert!(prepared.runs_on_vm(&ep));
     for input in [
         json!({"tools": ["shell_exec", "read", "drop_table"], "messages": ["ab"]}),

@@ -173,8 +173,23 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Verify `token` at time `now` (seconds since the epoch).
+    /// Verify `token` at time `now` (seconds since the epoch), its sandbox
+    /// included.
     pub fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        revoked: &Revocations,
+    ) -> Result<Claims, TokenError> {
+        let claims = self.verify_credential(token, now, revoked)?;
+        sandbox_active(&claims, revoked)?;
+        Ok(claims)
+    }
+
+    /// Verify the token itself (signature, times, audience, issuer, its
+    /// own revocation), not whether its sandbox is still active: callers
+    /// that record the two checks apart pair this with [`sandbox_active`].
+    pub fn verify_credential(
         &self,
         token: &str,
         now: i64,
@@ -230,12 +245,15 @@ impl Verifier {
         if revoked.jti.contains(&claims.jti) {
             return Err(TokenError::Revoked);
         }
-        if let Some(sb) = &claims.sandbox {
-            if revoked.sandboxes.contains(sb) {
-                return Err(TokenError::SandboxRevoked(sb.clone()));
-            }
-        }
         Ok(claims)
+    }
+}
+
+/// Whether the sandbox the token names (if any) has not been revoked.
+pub fn sandbox_active(claims: &Claims, revoked: &Revocations) -> Result<(), TokenError> {
+    match &claims.sandbox {
+        Some(sb) if revoked.sandboxes.contains(sb) => Err(TokenError::SandboxRevoked(sb.clone())),
+        _ => Ok(()),
     }
 }
 
