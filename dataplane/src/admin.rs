@@ -120,6 +120,38 @@ impl Admin {
     }
 
     fn answer(&self, method: &str, path: &str, shutting_down: bool) -> (u16, &'static str, Bytes) {
+        // Human approvals of tool calls: `POST /approvals/ID/approve|deny`.
+        if let Some(rest) = path.strip_prefix("/approvals/") {
+            let decision = match rest.rsplit_once('/') {
+                Some((id, "approve")) => Some((id, true)),
+                Some((id, "deny")) => Some((id, false)),
+                _ => None,
+            };
+            return match (method, decision) {
+                ("POST", Some((id, approve))) => {
+                    match crate::approvals::approvals().decide(id, approve) {
+                        Ok(()) => (
+                            200,
+                            "application/json",
+                            Bytes::from(
+                                serde_json::json!({"id": id, "state": if approve { "approved" } else { "denied" }})
+                                    .to_string(),
+                            ),
+                        ),
+                        Err(e @ crate::approvals::ApprovalError::NotFound(_)) => {
+                            (404, "text/plain", Bytes::from(format!("{e}\n")))
+                        }
+                        Err(e) => (409, "text/plain", Bytes::from(format!("{e}\n"))),
+                    }
+                }
+                (_, Some(_)) => (
+                    405,
+                    "text/plain",
+                    Bytes::from_static(b"method not allowed\n"),
+                ),
+                (_, None) => (404, "text/plain", Bytes::from_static(b"not found\n")),
+            };
+        }
         if method != "GET" && method != "HEAD" {
             return (
                 405,
@@ -143,6 +175,12 @@ impl Admin {
                 (200, "text/plain; version=0.0.4", Bytes::from(text))
             }
             // Spent, reserved and remaining per scope and limit.
+            // Tool calls waiting for (or decided by) a person.
+            "/approvals" => (
+                200,
+                "application/json",
+                Bytes::from(crate::approvals::approvals().list().to_string()),
+            ),
             "/budgets" => match &self.budgets {
                 Some(b) => (200, "application/json", b.json()),
                 None => (404, "text/plain", Bytes::from_static(b"budgets are off\n")),

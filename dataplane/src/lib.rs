@@ -22,6 +22,7 @@
 //! - [`server`]: assembling and running the Pingora server.
 
 pub mod admin;
+pub mod approvals;
 pub mod audit_sink;
 pub mod auth;
 pub mod budget;

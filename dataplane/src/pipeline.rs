@@ -605,10 +605,15 @@ fn tools_denied(g: &Guardrails, call: &mut Call, rec: &mut CallRecord) {
     if g.tools_deny.is_empty() {
         return;
     }
+    // A tool is known by its name and by its catalog id (`gmail_send` is
+    // `gmail.send`).
     let (total, removed) = remove_offered_tools(call, |n| {
-        g.tools_deny
-            .iter()
-            .any(|p| crate::providers::glob_match(p, n))
+        let id = g.tools.resolve(n).map(|t| t.id.as_str());
+        std::iter::once(n).chain(id).any(|n| {
+            g.tools_deny
+                .iter()
+                .any(|p| crate::providers::glob_match(p, n))
+        })
     });
     let (decision, evidence) = if removed.is_empty() {
         ("allow", json!({"tools": total}))

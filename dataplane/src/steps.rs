@@ -195,6 +195,16 @@ pub const REGISTRY: &[StepSpec] = &[
         "guardrails.tools.validate_arguments",
     ),
     step("schemas_acl", Phase::ToolCall, "guardrails.tools.schemas"),
+    step(
+        "rego_policy",
+        Phase::ToolCall,
+        "a Compiled Policy with Rego entry points",
+    ),
+    step(
+        "human_approval",
+        Phase::ToolCall,
+        "an entry point deciding require_approval",
+    ),
     step("loop_guard", Phase::ToolCall, "guardrails.tools.loop_guard"),
 ];
 

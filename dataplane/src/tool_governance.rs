@@ -682,6 +682,8 @@ pub struct ToolGate {
     session: Value,
     /// The caller's capability-token tool scope (`enforce_session_scope`).
     scope: Option<Arc<ToolScope>>,
+    /// The caller's agent (`human_approval` requests are per agent).
+    agent: String,
 }
 
 impl ToolGate {
@@ -707,11 +709,110 @@ impl ToolGate {
             g,
             declared,
             scope: caller.tool_scope.clone(),
+            agent: caller.agent.clone(),
         }
     }
 
     fn policy(&self) -> &ToolPolicy {
         &self.g.tools
+    }
+
+    /// `rego_policy` (and `human_approval` when an entry point asks for
+    /// it) on one tool call. Returns the refusal, if any; the fragments go
+    /// on `r`. An evaluation error refuses the call (fail closed).
+    fn rego_policy(
+        &self,
+        rego: &tappass_policies::PreparedRego,
+        name: &str,
+        catalog_id: Option<&str>,
+        args: &Value,
+        r: &mut CheckResult,
+    ) -> Option<GatewayError> {
+        use tappass_policies::RegoAction;
+        const REGO: &str = "policy:rego";
+        let tool = catalog_id.unwrap_or(name);
+        let input = json!({"kind": "tool_call", "tool": tool, "name": name, "args": args,
+            "agent": self.agent, "session": self.session});
+        let d = match rego.decide(&input) {
+            Ok(d) => d,
+            Err(e) => {
+                r.fragments.push(Fragment {
+                    step: "rego_policy",
+                    decision: "error",
+                    provenance: REGO,
+                    evidence: json!({"tool": name, "error": "guardrail_failed"}),
+                });
+                return Some(GatewayError::GuardrailFailed {
+                    step: "rego_policy",
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let evidence = json!({"tool": name, "catalog_id": catalog_id,
+            "entrypoints": rego.entrypoints(), "action": d.action, "reasons": d.reasons});
+        let refuse = |code: &'static str, why: String| GatewayError::GuardrailDenied {
+            code,
+            reason: format!("the tool call `{name}` was refused by {why}"),
+        };
+        match d.action {
+            RegoAction::Allow => {
+                r.fragments.push(Fragment {
+                    step: "rego_policy",
+                    decision: "allow",
+                    provenance: REGO,
+                    evidence,
+                });
+                None
+            }
+            RegoAction::Deny => {
+                r.fragments.push(Fragment {
+                    step: "rego_policy",
+                    decision: "deny",
+                    provenance: REGO,
+                    evidence,
+                });
+                Some(refuse(
+                    "policy_denied",
+                    format!("rego_policy: {}", d.reasons.join("; ")),
+                ))
+            }
+            RegoAction::RequireApproval => {
+                r.fragments.push(Fragment {
+                    step: "rego_policy",
+                    decision: "log",
+                    provenance: REGO,
+                    evidence,
+                });
+                let id = crate::approvals::Approvals::id_of(&self.agent, tool, args);
+                let state =
+                    crate::approvals::approvals().consult(&id, &self.agent, tool, &d.reasons);
+                use crate::approvals::ApprovalState;
+                let decision = match state {
+                    ApprovalState::Approved => "allow",
+                    _ => "deny",
+                };
+                r.fragments.push(Fragment {
+                    step: "human_approval",
+                    decision,
+                    provenance: REGO,
+                    evidence: json!({"tool": name, "approval": id, "state": format!("{state:?}").to_lowercase()}),
+                });
+                match state {
+                    ApprovalState::Approved => None,
+                    ApprovalState::Pending => Some(refuse(
+                        "approval_required",
+                        format!(
+                            "human_approval: {}; a person must approve it first (approval {id}: POST /approvals/{id}/approve on the gateway's admin listener), then retry the same call",
+                            d.reasons.join("; ")
+                        ),
+                    )),
+                    ApprovalState::Denied => Some(refuse(
+                        "approval_denied",
+                        format!("human_approval: a person denied it (approval {id})"),
+                    )),
+                }
+            }
+        }
     }
 
     /// `loop_guard` on the request: a call in an ended session is refused.
@@ -742,7 +843,7 @@ impl ToolGate {
         let p = self.policy();
         let g = &self.g;
         let mut r = CheckResult::default();
-        if !p.enabled() && self.scope.is_none() {
+        if !p.enabled() && self.scope.is_none() && g.rego.is_none() {
             return r;
         }
         let tool = p.resolve(name);
@@ -800,6 +901,14 @@ impl ToolGate {
             }
         }
         if !p.enabled() {
+            // Tool governance is off; the agent's Rego still decides.
+            if let Some(rego) = &g.rego {
+                let args = serde_json::from_str::<Value>(arguments)
+                    .unwrap_or_else(|_| Value::String(arguments.to_string()));
+                if let Some(denied) = self.rego_policy(rego, name, cid.as_deref(), &args, &mut r) {
+                    r.denied = Some(denied);
+                }
+            }
             return r;
         }
         let block = p.action == GuardAction::Block;
@@ -1059,6 +1168,14 @@ impl ToolGate {
                 }
             }
         }
+        // rego_policy, then human_approval: the agent's Rego entry points on
+        // the call (`input.tool` is its catalog id, else its name).
+        if let Some(rego) = &g.rego {
+            if let Some(denied) = self.rego_policy(rego, name, cid.as_deref(), &args, &mut r) {
+                r.denied = Some(denied);
+                return r;
+            }
+        }
         // loop_guard
         let l = &p.loop_limits;
         let loop_enforce = l.action == GuardAction::Block;
@@ -1220,7 +1337,9 @@ pub fn gate_for_call(
     session_header: Option<&str>,
     rec: &mut CallRecord,
 ) -> Result<Option<Arc<ToolGate>>, GatewayError> {
-    let Some(g) = guard.filter(|g| g.tools.enabled() || caller.tool_scope.is_some()) else {
+    let governs =
+        |g: &&Arc<Guardrails>| g.tools.enabled() || g.rego.is_some() || caller.tool_scope.is_some();
+    let Some(g) = guard.filter(governs) else {
         return Ok(None);
     };
     let gate = ToolGate::new(

@@ -433,3 +433,31 @@ async fn jailbreaks_are_refused_on_their_own_setting() {
     assert_eq!(d, "allow");
     assert_eq!(ev["score"], 0.0);
 }
+
+/// A denied pattern written as a catalog id (`gmail.send`) removes the tool
+/// under the name SDKs send it as (`gmail_send`).
+#[tokio::test]
+async fn denied_tools_are_matched_by_catalog_id_too() {
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let gw = Gateway::start(&config(
+        &mock,
+        &dir,
+        "guardrails:\n  tools_deny: ['gmail.send']\n",
+    ));
+    let mut b = chat("m", "hi", false);
+    b["tools"] = json!([
+        {"type": "function", "function": {"name": "gmail_send", "parameters": {}}},
+        {"type": "function", "function": {"name": "zendesk_read_ticket", "parameters": {}}},
+    ]);
+    assert_eq!(post(&gw, "/v1/chat/completions", &b).await.status(), 200);
+    let sent: Value = serde_json::from_str(&recorded_bodies(&mock).await[0]).unwrap();
+    let names: Vec<&str> = sent["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["zendesk_read_ticket"]);
+}

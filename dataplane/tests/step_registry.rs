@@ -5,7 +5,9 @@
 //! driven through OpenAI chat, Anthropic messages and OpenAI Responses,
 //! streamed and not, in front of the real mock provider answering with a
 //! tool call; each call's audit row must hold a fragment of every step in
-//! `tappass_dataplane::steps::REGISTRY`.
+//! `tappass_dataplane::steps::REGISTRY`. (The tool call waits for a person:
+//! it is refused until approved on the admin listener, and the approved
+//! call's row is the one checked.)
 
 mod common;
 
@@ -46,6 +48,15 @@ budgets:
     c: { input: 1.0, output: 2.0 }
 ";
 
+const APPROVAL_REGO: &str = "package tappass.runtime.registry
+
+import rego.v1
+
+default decision := {\"action\": \"allow\"}
+
+decision := {\"action\": \"require_approval\", \"reason\": \"queries wait for a person\"} if input.tool == \"postgres.query\"
+";
+
 /// The refund bot's real Compiled Policy (its Rego bundle), for this
 /// test's agent: the gateway's content steps left to the config, the mock's
 /// host allowed, and `enforce_no_train` asked for.
@@ -58,9 +69,19 @@ fn policy() -> CompiledPolicy {
     v["tools"]["allow"] = Value::Null;
     v["tools"]["deny"] = json!([]);
     v["capabilities"]["forbidden"] = json!([]);
+    // Queries wait for a person (`human_approval`).
+    v["rego"]["modules"].as_array_mut().unwrap().push(
+        json!({"path": "agents/registry-agent/approval.rego", "level": "agent",
+            "package": "data.tappass.runtime.registry", "text": APPROVAL_REGO}),
+    );
+    v["rego"]["entrypoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("data.tappass.runtime.registry.decision"));
     v["pipeline"] = json!([
         {"step": "rego_policy", "phases": ["tool_call"], "action": "block", "params": {},
-         "compliance_tags": [], "rego_entrypoints": ["data.tappass.runtime.refunds.decision"]},
+         "compliance_tags": [], "rego_entrypoints": ["data.tappass.runtime.refunds.decision",
+            "data.tappass.runtime.registry.decision"]},
         {"step": "enforce_no_train", "phases": ["request"], "action": "block", "params": {},
          "compliance_tags": [], "rego_entrypoints": []},
     ]);
@@ -181,15 +202,35 @@ async fn every_configured_step_runs_on_every_format_and_stream_flag() {
     let mut combos = Vec::new();
     for f in [Format::Chat, Format::Anthropic, Format::Responses] {
         for stream in [false, true] {
-            let r = client()
-                .post(gw.url(path(f)))
-                .bearer_auth(&token)
-                .header("anthropic-version", "2023-06-01")
-                .header("x-tappass-session", format!("registry-{f:?}-{stream}"))
-                .json(&request(f, stream))
+            let send = || {
+                client()
+                    .post(gw.url(path(f)))
+                    .bearer_auth(&token)
+                    .header("anthropic-version", "2023-06-01")
+                    .header("x-tappass-session", format!("registry-{f:?}-{stream}"))
+                    .json(&request(f, stream))
+                    .send()
+            };
+            // The query waits for a person: refused until approved, then
+            // it passes once.
+            let r = send().await.unwrap();
+            let first = r.text().await.unwrap();
+            assert!(
+                first.contains("approval_required") || first.contains("human_approval"),
+                "{f:?} stream={stream}: {first}"
+            );
+            let approval = tappass_dataplane::approvals::Approvals::id_of(
+                AGENT,
+                "postgres.query",
+                &json!({"schema": "customers", "sql": "select 1"}),
+            );
+            let approved = client()
+                .post(gw.admin_url(&format!("/approvals/{approval}/approve")))
                 .send()
                 .await
                 .unwrap();
+            assert_eq!(approved.status(), 200);
+            let r = send().await.unwrap();
             let status = r.status().as_u16();
             let id = r.headers()["x-tappass-request-id"]
                 .to_str()
@@ -221,8 +262,11 @@ async fn every_configured_step_runs_on_every_format_and_stream_flag() {
         .iter()
         .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
         .collect();
-    assert_eq!(bodies.len(), combos.len());
-    for (b, (f, stream, _)) in bodies.iter().zip(&combos) {
+    // Each combination's tool call was asked for twice (refused, then
+    // approved).
+    assert_eq!(bodies.len(), 2 * combos.len());
+    let twice = combos.iter().flat_map(|c| [c, c]);
+    for (b, (f, stream, _)) in bodies.iter().zip(twice) {
         let s = b.to_string();
         assert!(
             !s.contains(SECRET) && !s.contains("jane.roe"),

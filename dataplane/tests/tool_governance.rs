@@ -812,3 +812,169 @@ async fn a_tokens_tool_scope_holds_without_guardrails() {
         json!(["shell_exec", "stripe_create_refund"])
     );
 }
+
+/// `rego_policy` and `human_approval` on tool calls, with the refund bot's
+/// signed Compiled Policy (its `refunds.rego`: refunds over 200 need a
+/// person), in every format, streamed or not: a small refund passes the
+/// Rego; a larger one is refused with `approval_required` and an approval
+/// id; once an operator approves it on the admin listener the same call
+/// passes once (the approval is used up); a denied one is refused with
+/// `approval_denied`.
+#[tokio::test]
+async fn tool_calls_needing_approval_wait_for_a_person() {
+    use tappass_policies::{keypair_from_seed, sign, CompiledPolicy};
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let policies = data.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let (secret, public) = keypair_from_seed([9u8; 32]);
+    let public_file = data.path().join("policy.pub");
+    std::fs::write(&public_file, serde_json::to_string(&public).unwrap()).unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies/examples/golden/refund-bot/compiled.json");
+    let mut p: CompiledPolicy =
+        serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    // This test is about approvals: no budget (its tool-call rate would
+    // end the run).
+    p.budget.dollars_per_month = None;
+    p.budget.tokens_per_day = None;
+    p.budget.tool_calls_per_minute = None;
+    p.budget.requests_per_minute = None;
+    std::fs::write(
+        policies.join("refund-bot.json"),
+        serde_json::to_string(&sign(&p, &secret).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let agent_key = "tp-refund-bot-key";
+    let gw = Gateway::start_with_keys(
+        &format!(
+            "local_policies:\n  dir: {}\n  public_key_file: {}\n{}",
+            policies.display(),
+            public_file.display(),
+            config(&mock, &dir, "")
+        ),
+        &[("refund-bot", agent_key)],
+    );
+    let send = |f: Format, body: Value| {
+        let url = gw.url(path(f));
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(agent_key)
+                .header("anthropic-version", "2023-06-01")
+                .header("x-tappass-session", fresh_session())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let code = r
+                .headers()
+                .get("x-tappass-error-code")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            (status, code, r.text().await.unwrap())
+        }
+    };
+    let admin = |path: String| {
+        let url = gw.admin_url(&path);
+        async move {
+            let r = client().post(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let refused = |f: Format, stream: bool, got: &(u16, String, String), code: &str| {
+        if stream {
+            assert_eq!(got.0, 200, "{f:?}");
+            assert_denied_stream(f, &got.2, code);
+        } else {
+            assert_eq!((got.0, got.1.as_str()), (403, code), "{f:?}: {}", got.2);
+        }
+    };
+    let passed = |f: Format, got: &(u16, String, String)| {
+        assert_eq!(got.0, 200, "{f:?}: {}", got.2);
+        assert!(got.2.contains("stripe_create_refund"), "{f:?}: {}", got.2);
+        assert!(!got.2.contains("\"error\""), "{f:?}: {}", got.2);
+    };
+    for f in FORMATS {
+        for stream in [false, true] {
+            let small = "{\"amount\": 120, \"charge\": \"ch_small\"}";
+            passed(
+                f,
+                &send(f, request(f, "stripe_create_refund", small, 4, stream)).await,
+            );
+            // A refund needing approval: refused with an approval id.
+            let charge = format!("ch_{f:?}_{stream}");
+            let args = format!("{{\"amount\": 450, \"charge\": \"{charge}\"}}");
+            let body = request(f, "stripe_create_refund", &args, 4, stream);
+            let got = send(f, body.clone()).await;
+            refused(f, stream, &got, "approval_required");
+            let id = tappass_dataplane::approvals::Approvals::id_of(
+                "refund-bot",
+                "stripe.create_refund",
+                &serde_json::from_str(&args).unwrap(),
+            );
+            assert!(got.2.contains(&id), "{f:?}: {}", got.2);
+            // Still waiting: refused again.
+            refused(f, stream, &send(f, body.clone()).await, "approval_required");
+            let listed: Value = client()
+                .get(gw.admin_url("/approvals"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let entry = listed["approvals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["id"] == id.as_str())
+                .cloned()
+                .expect("the request is listed");
+            assert_eq!(entry["state"], "pending");
+            assert_eq!(entry["tool"], "stripe.create_refund");
+            assert!(!entry.to_string().contains(&charge), "no arguments listed");
+            // Approved: the same call passes once.
+            assert_eq!(admin(format!("/approvals/{id}/approve")).await.0, 200);
+            assert_eq!(admin(format!("/approvals/{id}/approve")).await.0, 409);
+            passed(f, &send(f, body.clone()).await);
+            refused(f, stream, &send(f, body.clone()).await, "approval_required");
+            // Denied: refused as such.
+            assert_eq!(admin(format!("/approvals/{id}/deny")).await.0, 200);
+            refused(f, stream, &send(f, body).await, "approval_denied");
+        }
+    }
+    assert_eq!(admin("/approvals/apr-none/approve".into()).await.0, 404);
+
+    drop(gw);
+    let rows = records(&dir);
+    let steps = |row: &AuditRecord| -> Vec<(String, String)> {
+        row.step_decisions
+            .iter()
+            .filter(|s| s.step == "rego_policy" || s.step == "human_approval")
+            .map(|s| (s.step.clone(), s.decision.clone()))
+            .collect()
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    // Per combination: small, waiting, waiting, approved, used up, denied.
+    assert_eq!(rows.len(), 36);
+    for chunk in rows.chunks(6) {
+        assert_eq!(steps(&chunk[0]), pairs(&[("rego_policy", "allow")]));
+        for i in [1, 2, 4, 5] {
+            assert_eq!(
+                steps(&chunk[i]),
+                pairs(&[("rego_policy", "log"), ("human_approval", "deny")])
+            );
+        }
+        assert_eq!(
+            steps(&chunk[3]),
+            pairs(&[("rego_policy", "log"), ("human_approval", "allow")])
+        );
+    }
+}
