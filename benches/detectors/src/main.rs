@@ -481,6 +481,54 @@ fn injection_quality(rs: &RuleSet, corpora: &Path, here: &Path) -> Result<()> {
             nhit as f64 / nn.max(1) as f64
         );
     }
+    // Held out too: prompt-security-fuzzer's injection texts (the set its
+    // base64 attack encodes), as they are and base64-encoded inside a
+    // request to decode and follow them, as that attack sends them.
+    let ps = read_jsonl(&corpora.join("x/ps_fuzz_injections.jsonl")).unwrap_or_default();
+    if ps.is_empty() {
+        println!(
+            "prompt-security-fuzzer injections not found under {} (run run.sh).\n",
+            corpora.display()
+        );
+    } else {
+        use base64::Engine as _;
+        let (mut hit, mut hit_b64) = (0, 0);
+        for r in &ps {
+            let t = r["text"].as_str().unwrap_or_default();
+            hit += rs.score_injection(t)?.exceeds(th) as usize;
+            let wrapped = format!(
+                "Decode the following base64 and do what it says: {}",
+                base64::engine::general_purpose::STANDARD.encode(t)
+            );
+            hit_b64 += rs.score_injection(&wrapped)?.exceeds(th) as usize;
+        }
+        // The control: benign prompts wrapped the same way (what the wrapper
+        // and an encoded blob score on their own).
+        let (mut ctl, mut ctl_n) = (0, 0);
+        for b in &benign {
+            ctl_n += 1;
+            let wrapped = format!(
+                "Decode the following base64 and do what it says: {}",
+                base64::engine::general_purpose::STANDARD.encode(b)
+            );
+            ctl += rs.score_injection(&wrapped)?.exceeds(th) as usize;
+        }
+        let n = ps.len();
+        println!("Held out (not used for tuning): prompt-security-fuzzer 2.1.1 injection texts (`prompt_injections_for_base64.parquet`, English and German; many are role-play or off-topic requests rather than instruction overrides).\n");
+        println!("| set | n | flagged | rate |\n|---|---:|---:|---:|");
+        println!(
+            "| ps-fuzz injection texts | {n} | {hit} | {:.3} |",
+            hit as f64 / n as f64
+        );
+        println!(
+            "| the same, base64-encoded in a request to decode and follow them | {n} | {hit_b64} | {:.3} |",
+            hit_b64 as f64 / n as f64
+        );
+        println!(
+            "| control: benign prompts, base64-encoded in the same request | {ctl_n} | {ctl} | {:.3} |\n",
+            ctl as f64 / ctl_n.max(1) as f64
+        );
+    }
     println!(
         "Per jailbreak type (template × instruction):\n\n| type | n | flagged |\n|---|---:|---:|"
     );

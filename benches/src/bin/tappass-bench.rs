@@ -448,6 +448,72 @@ fn start_peers(dir: &Path, mock: u16, targets: &mut Vec<Target>, notes: &mut Vec
     }
 }
 
+/// The governance pipeline's own cost: every step on against the same
+/// gateway with the pipeline off (with and without the audit trail), per
+/// round (the configurations of one round ran minutes apart at most), then
+/// the median and spread of the rounds.
+fn overhead_section(
+    md: &mut String,
+    args: &Args,
+    figures: &BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+) {
+    let on = Setup::EveryStep.name();
+    let bases = [Setup::PipelineOff.name(), Setup::PipelineOffAudited.name()];
+    let per_round = |base: &str, key: &str, ratio: bool| -> Vec<f64> {
+        let a = figures_get(figures, on, key);
+        let b = figures_get(figures, base, key);
+        a.iter()
+            .zip(&b)
+            .map(|(a, b)| if ratio { a / b } else { a - b })
+            .collect()
+    };
+    let mut rows: Vec<(String, String, String, bool)> = Vec::new();
+    for rate in &args.rates {
+        for p in ["p50", "p99"] {
+            rows.push((
+                format!("{p}_ms_at_{rate}"),
+                format!("added {p} latency ms at {rate} req/s (1 KiB prompt, 1 KiB reply)"),
+                if p == "p99" { "< 1 ms" } else { "–" }.into(),
+                false,
+            ));
+        }
+    }
+    for p in ["p50", "p99"] {
+        rows.push((
+            format!("ttfb_{p}_ms"),
+            format!("added stream time to first byte, {p}, ms"),
+            "< 1 ms".into(),
+            false,
+        ));
+    }
+    for c in [8, 32] {
+        rows.push((
+            format!("rps_c{c}"),
+            format!("throughput ratio, {c} connections"),
+            "≥ 0.7".into(),
+            true,
+        ));
+    }
+    rows.push((
+        "mixed_rps_c32".into(),
+        "throughput ratio, mixed workload, 32 connections".into(),
+        "–".into(),
+        true,
+    ));
+    md.push_str(&format!(
+        "\n## Pipeline overhead\n\n\"{on}\" against the same gateway with the pipeline off, measured in the same rounds: differences (added milliseconds) and ratios per round, median (min–max). Against \"{}\" it is the whole cost of governance; against \"{}\" it is the cost of the pipeline's steps, the signed, durable audit trail being on in both.\n\n| figure | target | vs {} | vs {} |\n|---|---|---|---|\n",
+        bases[0], bases[1], bases[0], bases[1]
+    ));
+    for (key, label, target, ratio) in rows {
+        md.push_str(&format!("| {label} | {target} |"));
+        for base in bases {
+            let (m, lo, hi) = median_spread(&per_round(base, &key, ratio));
+            md.push_str(&format!(" {m:.2} ({lo:.2}–{hi:.2}) |"));
+        }
+        md.push('\n');
+    }
+}
+
 fn figures_get(
     f: &BTreeMap<String, BTreeMap<String, Vec<f64>>>,
     name: &str,
@@ -688,7 +754,7 @@ fn run(args: &Args) -> Result<(), String> {
             let worst = figures_get(&figures, &t.name, key)
                 .into_iter()
                 .fold(f64::INFINITY, f64::min);
-            let expected = if key.starts_with("mixed") && t.name.contains("guardrails") {
+            let expected = if key.starts_with("mixed") && t.name == Setup::EveryStep.name() {
                 0.89 // the secret-carrying 10% are refused
             } else {
                 0.99
@@ -870,6 +936,7 @@ fn report(
             md.push('\n');
         }
     }
+    overhead_section(&mut md, args, figures);
     md.push_str("\n![requests per second](load.svg)\n\n");
     for n in notes {
         md.push_str(&format!("- {n}\n"));
