@@ -65,6 +65,11 @@ pub enum GatewayError {
     ShuttingDown,
     #[error("the tool call is allowed, but this gateway has no tool executor configured; run the tool yourself after `POST /v1/tools/check`")]
     ToolExecutorUnavailable,
+    /// A stream held back for inspection (a tool call being assembled, text
+    /// that may still be part of a finding) grew past the hold limit before
+    /// it could be checked; nothing of it was released.
+    #[error("the response held back for inspection grew past {limit} bytes (limits.max_stream_hold_bytes) before it could be checked, and was not released")]
+    StreamHoldExceeded { limit: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -92,7 +97,8 @@ impl GatewayError {
             | GatewayError::FormatNotSupported(_) => 400,
             GatewayError::UpstreamUnavailable { .. }
             | GatewayError::UpstreamBroken(_)
-            | GatewayError::BadUpstreamResponse(_) => 502,
+            | GatewayError::BadUpstreamResponse(_)
+            | GatewayError::StreamHoldExceeded { .. } => 502,
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::ShuttingDown
             | GatewayError::AuditUnavailable(_)
@@ -121,6 +127,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamBroken(_) => "upstream_stream_broken",
             GatewayError::BadUpstreamResponse(_) => "bad_upstream_response",
+            GatewayError::StreamHoldExceeded { .. } => "response_too_large_to_inspect",
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
             GatewayError::ConfigurationStale(_) => "configuration_stale",
             GatewayError::ShuttingDown => "shutting_down",

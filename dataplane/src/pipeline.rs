@@ -1404,10 +1404,9 @@ impl StreamHook for GuardStream {
             self.safe = self.fed;
         }
         if self.queued_bytes > self.max_bytes {
-            return Verdict::Deny(GatewayError::Internal(format!(
-                "stream hold-back exceeded {} bytes",
-                self.max_bytes
-            )));
+            return Verdict::Deny(GatewayError::StreamHoldExceeded {
+                limit: self.max_bytes,
+            });
         }
         match self.release() {
             Ok(Some(b)) => {

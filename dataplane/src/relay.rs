@@ -298,10 +298,9 @@ impl StreamRelay {
                 self.held_bytes += b.len();
                 self.held.push(b);
                 if self.held_bytes > self.limits.max_hold_bytes {
-                    return Err(GatewayError::Internal(format!(
-                        "stream hold-back exceeded {} bytes",
-                        self.limits.max_hold_bytes
-                    )));
+                    return Err(GatewayError::StreamHoldExceeded {
+                        limit: self.limits.max_hold_bytes,
+                    });
                 }
                 return Ok(());
             }
@@ -457,8 +456,12 @@ mod tests {
             },
         );
         let o = r.push(CHAT.as_bytes());
-        assert!(matches!(o.ended_with, Some(GatewayError::Internal(_))));
+        assert!(matches!(
+            o.ended_with,
+            Some(GatewayError::StreamHoldExceeded { limit: 100 })
+        ));
         assert_eq!(o.write.len(), 1, "only the error event is written");
+        assert!(String::from_utf8_lossy(&o.write[0]).contains("response_too_large_to_inspect"));
     }
 
     #[test]
