@@ -39,6 +39,7 @@ use crate::providers::glob_match;
 use crate::relay::{HoldControl, StreamHook, Verdict};
 use crate::sse::SseFrame;
 use crate::wire::{Call, Endpoint};
+use tappass_detectors::Category;
 
 /// The request header naming the caller's session (for `loop_guard`).
 pub const SESSION_HEADER: &str = "x-tappass-session";
@@ -717,6 +718,92 @@ impl ToolGate {
         &self.g.tools
     }
 
+    /// Secrets and exfiltration channels in a tool call's arguments, under
+    /// the response settings (`detect_secrets_in_response`,
+    /// `detect_exfil_in_response`): a tool call passes the same content
+    /// steps as text. Its arguments are never rewritten, so `redact` refuses
+    /// the call like `block`. (Personal data in arguments is often the
+    /// point of the call — a recipient, a customer id — and is left to the
+    /// tool steps: schemas, constraints, destinations.)
+    fn scan_arguments(
+        &self,
+        name: &str,
+        arguments: &str,
+        r: &mut CheckResult,
+    ) -> Option<GatewayError> {
+        let g = &self.g;
+        let steps = [
+            (
+                Category::Secret,
+                g.response_secrets,
+                "detect_secrets_in_response",
+                "secret_blocked",
+            ),
+            (
+                Category::Exfil,
+                g.response_exfil,
+                "detect_exfil_in_response",
+                "exfil_blocked",
+            ),
+        ];
+        if steps.iter().all(|s| s.1.action == GuardAction::Off) {
+            return None;
+        }
+        let found = match g.rules().scan(arguments) {
+            Ok(f) => f,
+            Err(e) => {
+                r.fragments.push(Fragment {
+                    step: "detect_secrets_in_response",
+                    decision: "error",
+                    provenance: "detectors",
+                    evidence: json!({"tool": name, "error": "guardrail_failed"}),
+                });
+                return Some(GatewayError::GuardrailFailed {
+                    step: "detect_secrets_in_response",
+                    reason: e.to_string(),
+                });
+            }
+        };
+        for (cat, setting, step, code) in steps {
+            if setting.action == GuardAction::Off {
+                continue;
+            }
+            let mut rules: Vec<String> = found
+                .iter()
+                .filter(|f| f.category == cat)
+                .map(|f| f.rule_id.to_string())
+                .collect();
+            rules.sort();
+            rules.dedup();
+            let n = found.iter().filter(|f| f.category == cat).count();
+            let decision = match (n, setting.action) {
+                (0, _) => "allow",
+                (_, GuardAction::Log) => "log",
+                _ => "deny",
+            };
+            r.fragments.push(Fragment {
+                step,
+                decision,
+                provenance: setting.provenance,
+                evidence: json!({"tool": name, "tool_call": true, "count": n, "rules": rules}),
+            });
+            if decision == "deny" {
+                return Some(GatewayError::GuardrailDenied {
+                    code,
+                    reason: format!(
+                        "the tool call `{name}` was refused by {step}: its arguments hold {}",
+                        if cat == Category::Secret {
+                            "a secret"
+                        } else {
+                            "an exfiltration channel"
+                        }
+                    ),
+                });
+            }
+        }
+        None
+    }
+
     /// `rego_policy` (and `human_approval` when an entry point asks for
     /// it) on one tool call. Returns the refusal, if any; the fragments go
     /// on `r`. An evaluation error refuses the call (fail closed).
@@ -843,7 +930,9 @@ impl ToolGate {
         let p = self.policy();
         let g = &self.g;
         let mut r = CheckResult::default();
-        if !p.enabled() && self.scope.is_none() && g.rego.is_none() {
+        let scans = g.response_secrets.action != GuardAction::Off
+            || g.response_exfil.action != GuardAction::Off;
+        if !p.enabled() && self.scope.is_none() && g.rego.is_none() && !scans {
             return r;
         }
         let tool = p.resolve(name);
@@ -901,7 +990,12 @@ impl ToolGate {
             }
         }
         if !p.enabled() {
-            // Tool governance is off; the agent's Rego still decides.
+            // Tool governance is off; the content steps and the agent's Rego
+            // still decide.
+            if let Some(denied) = self.scan_arguments(name, arguments, &mut r) {
+                r.denied = Some(denied);
+                return r;
+            }
             if let Some(rego) = &g.rego {
                 let args = serde_json::from_str::<Value>(arguments)
                     .unwrap_or_else(|_| Value::String(arguments.to_string()));
@@ -1168,6 +1262,11 @@ impl ToolGate {
                 }
             }
         }
+        // Secrets and exfiltration channels in the arguments.
+        if let Some(denied) = self.scan_arguments(name, arguments, &mut r) {
+            r.denied = Some(denied);
+            return r;
+        }
         // rego_policy, then human_approval: the agent's Rego entry points on
         // the call (`input.tool` is its catalog id, else its name).
         if let Some(rego) = &g.rego {
@@ -1337,8 +1436,13 @@ pub fn gate_for_call(
     session_header: Option<&str>,
     rec: &mut CallRecord,
 ) -> Result<Option<Arc<ToolGate>>, GatewayError> {
-    let governs =
-        |g: &&Arc<Guardrails>| g.tools.enabled() || g.rego.is_some() || caller.tool_scope.is_some();
+    let governs = |g: &&Arc<Guardrails>| {
+        g.tools.enabled()
+            || g.rego.is_some()
+            || caller.tool_scope.is_some()
+            || g.response_secrets.action != GuardAction::Off
+            || g.response_exfil.action != GuardAction::Off
+    };
     let Some(g) = guard.filter(governs) else {
         return Ok(None);
     };

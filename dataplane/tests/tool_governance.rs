@@ -406,6 +406,7 @@ async fn tools_check_and_execute() {
             "tool_discovery",
             "tool_arg_validation",
             "schemas_acl",
+            "detect_secrets_in_response",
             "loop_guard"
         ]
     );
@@ -976,5 +977,61 @@ async fn tool_calls_needing_approval_wait_for_a_person() {
             steps(&chunk[3]),
             pairs(&[("rego_policy", "log"), ("human_approval", "allow")])
         );
+    }
+}
+
+/// A tool call passes the same content steps as text: a secret in its
+/// arguments is refused under the response setting (arguments are never
+/// rewritten, so `redact` refuses too), in every format, streamed or not,
+/// and never reaches the client; the same call without it passes.
+#[tokio::test]
+async fn secrets_in_tool_call_arguments_never_reach_the_client() {
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let mut gw = Gateway::start(&config(
+        &mock,
+        &dir,
+        // The prompt (the mock's script) carries the secret too: the
+        // request step is off so that the model's tool call is what is
+        // checked.
+        "guardrails:\n  injection: off\n  secrets: off\n  response_secrets: redact\n",
+    ));
+    let secret = "AKIAQWERTYUIOPASDFGH";
+    let leaking =
+        format!("{{\"schema\":\"customers\",\"sql\":\"insert into keys values ('{secret}')\"}}");
+    let clean = "{\"schema\":\"customers\",\"sql\":\"select 1\"}";
+    for f in FORMATS {
+        for stream in [false, true] {
+            let body = request(f, "postgres_query", &leaking, 5, stream);
+            let (status, code, text) = send(&gw, f, &body, &fresh_session()).await;
+            assert!(!text.contains(secret), "{f:?} {stream}: {text}");
+            if stream {
+                assert_eq!(status, 200, "{f:?}");
+                assert_denied_stream(f, &text, "secret_blocked");
+            } else {
+                assert_eq!((status, code.as_str()), (403, "secret_blocked"), "{text}");
+            }
+            let body = request(f, "postgres_query", clean, 5, stream);
+            let (status, _, text) = send(&gw, f, &body, &fresh_session()).await;
+            assert_eq!(status, 200, "{f:?} {stream}: {text}");
+            assert!(text.contains("postgres_query"), "{f:?} {stream}: {text}");
+            assert!(!text.contains("secret_blocked"), "{f:?} {stream}: {text}");
+        }
+    }
+    gw.proc.terminate();
+    let rows = records(&dir);
+    let found = rows
+        .iter()
+        .flat_map(|r| &r.step_decisions)
+        .filter(|s| {
+            s.step == "detect_secrets_in_response"
+                && s.decision == "deny"
+                && s.evidence["tool_call"] == true
+        })
+        .count();
+    assert_eq!(found, 6);
+    for r in &rows {
+        assert!(!serde_json::to_string(r).unwrap().contains(secret));
     }
 }
