@@ -1527,6 +1527,30 @@ mod tests {
         frames.remove(0)
     }
 
+    /// Feed `text` to `hook` as OpenAI chat deltas of `size` characters
+    /// (then an empty terminal delta); what the client receives.
+    fn stream_in_pieces(hook: &mut GuardStream, text: &str, size: usize) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        let mut parts: Vec<String> = chars.chunks(size).map(|c| c.iter().collect()).collect();
+        parts.push(String::new());
+        let mut out = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            let frame = chat_delta(p);
+            let info = EventInfo {
+                text: Some(p.clone()),
+                terminal: i == parts.len() - 1,
+                ..EventInfo::default()
+            };
+            match hook.on_event(&frame, &info, &mut HoldControl::default()) {
+                Verdict::Forward => out.extend_from_slice(&frame.raw),
+                Verdict::Replace(b) => out.extend_from_slice(&b),
+                Verdict::Drop => {}
+                Verdict::Deny(e) => panic!("denied: {e}"),
+            }
+        }
+        String::from_utf8(out).expect("utf8")
+    }
+
     #[test]
     fn split_exfil_image_is_redacted_in_streams() {
         let mut c = GuardrailsConfig::all_off();
@@ -1541,25 +1565,7 @@ mod tests {
             let (mut hook, report) =
                 GuardStream::new(g.clone(), Endpoint::ChatCompletions, false, 1 << 20, false)
                     .expect("hook");
-            let chars: Vec<char> = text.chars().collect();
-            let mut parts: Vec<String> = chars.chunks(size).map(|c| c.iter().collect()).collect();
-            parts.push(String::new());
-            let mut out = Vec::new();
-            for (i, p) in parts.iter().enumerate() {
-                let frame = chat_delta(p);
-                let info = EventInfo {
-                    text: Some(p.clone()),
-                    terminal: i == parts.len() - 1,
-                    ..EventInfo::default()
-                };
-                match hook.on_event(&frame, &info, &mut HoldControl::default()) {
-                    Verdict::Forward => out.extend_from_slice(&frame.raw),
-                    Verdict::Replace(b) => out.extend_from_slice(&b),
-                    Verdict::Drop => {}
-                    Verdict::Deny(e) => panic!("denied: {e}"),
-                }
-            }
-            let s = String::from_utf8(out).expect("utf8");
+            let s = stream_in_pieces(&mut hook, text, size);
             assert!(!s.contains("U2VjcmV0"), "leak at size {size}: {s}");
             let r = report.lock().unwrap();
             assert_eq!(r.redactions.header_value(), "exfil=1", "size {size}");
@@ -1578,25 +1584,7 @@ mod tests {
             let (mut hook, report) =
                 GuardStream::new(g.clone(), Endpoint::ChatCompletions, false, 1 << 20, false)
                     .expect("hook");
-            let mut out = Vec::new();
-            let chars: Vec<char> = text.chars().collect();
-            let mut parts: Vec<String> = chars.chunks(size).map(|c| c.iter().collect()).collect();
-            parts.push(String::new());
-            for (i, p) in parts.iter().enumerate() {
-                let frame = chat_delta(p);
-                let info = EventInfo {
-                    text: Some(p.clone()),
-                    terminal: i == parts.len() - 1,
-                    ..EventInfo::default()
-                };
-                match hook.on_event(&frame, &info, &mut HoldControl::default()) {
-                    Verdict::Forward => out.extend_from_slice(&frame.raw),
-                    Verdict::Replace(b) => out.extend_from_slice(&b),
-                    Verdict::Drop => {}
-                    Verdict::Deny(e) => panic!("denied: {e}"),
-                }
-            }
-            let s = String::from_utf8(out).expect("utf8");
+            let s = stream_in_pieces(&mut hook, text, size);
             let mut joined = String::new();
             for line in s.lines() {
                 if let Some(d) = line.strip_prefix("data: ") {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 use tappass_audit::verify::{verify_dir, VerifyOptions, VerifyReport};
-use tappass_audit::{AuditRecord, Jwks, WalReader};
+use tappass_audit::Jwks;
 
 /// The crash test loads both cores and kills a gateway mid-run; the tests of
 /// this file run one at a time so that none of them shares the machine (or
@@ -32,15 +32,6 @@ fn audited(mock: &Proc, dir: &Path, extra: &str) -> String {
 fn verify(dir: &Path) -> VerifyReport {
     let jwks = Jwks::from_json(&std::fs::read_to_string(dir.join("jwks.json")).unwrap()).unwrap();
     verify_dir(dir, &jwks, &VerifyOptions::default()).unwrap()
-}
-
-fn records(dir: &Path) -> Vec<AuditRecord> {
-    let reader = WalReader::open(dir).unwrap();
-    reader
-        .rows(0)
-        .unwrap()
-        .map(|r| serde_json::from_str(r.unwrap().body.unwrap().get()).unwrap())
-        .collect()
 }
 
 #[tokio::test]
@@ -102,7 +93,7 @@ async fn every_call_leaves_a_verifiable_row_with_its_steps() {
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.rows, 4);
     assert_eq!(report.head_hash.as_deref(), head["hash"].as_str());
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     assert_eq!(rows[0].trace_id, trace);
     assert_eq!(rows[0].decision, tappass_audit::Decision::Allow);
     assert_eq!(rows[0].agent_id.as_deref(), Some("tests"));
@@ -215,7 +206,7 @@ async fn rows_of_completed_calls_survive_kill_9_and_the_chain_continues() {
 
     let report = verify(&dir);
     assert!(report.ok(), "{report:?}");
-    let traces: HashSet<String> = records(&dir).into_iter().map(|r| r.trace_id).collect();
+    let traces: HashSet<String> = audit_rows(&dir).into_iter().map(|r| r.trace_id).collect();
     let missing: Vec<&String> = completed.difference(&traces).collect();
     assert!(
         missing.is_empty(),
@@ -312,7 +303,7 @@ async fn a_client_that_leaves_mid_stream_is_audited_with_what_it_received() {
             .unwrap();
         if head["seq"] == 1 {
             gw.proc.terminate();
-            rows = records(&dir);
+            rows = audit_rows(&dir);
             break;
         }
     }

@@ -315,40 +315,14 @@ async fn a_call_without_max_tokens_gets_the_default_cap_upstream() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let recorded: Value = client()
-        .get(format!("{}/__mock/requests", mock.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sent: Value = serde_json::from_str(
-        recorded["requests"][0]["body"]
-            .as_str()
-            .expect("recorded body"),
-    )
-    .unwrap();
+    let sent = mock_bodies(&mock).await[0].clone();
     assert_eq!(sent["max_tokens"], 321, "{sent}");
 
     // A cap that is not a number is not replaced: the provider judges it.
     let mut odd = chat("mock-gpt", "odd cap", false);
     odd["max_tokens"] = json!("lots");
     post(&gw, "/v1/chat/completions", &odd).await;
-    let recorded: Value = client()
-        .get(format!("{}/__mock/requests", mock.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sent: Value = serde_json::from_str(
-        recorded["requests"][1]["body"]
-            .as_str()
-            .expect("second recorded body"),
-    )
-    .unwrap();
+    let sent = mock_bodies(&mock).await[1].clone();
     assert_eq!(sent["max_tokens"], "lots", "{sent}");
 }
 

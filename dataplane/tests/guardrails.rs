@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::*;
 use serde_json::{json, Value};
-use tappass_audit::{AuditRecord, WalReader};
+use tappass_audit::AuditRecord;
 
 /// Detected by the built-in `aws-access-key-id` rule.
 const SECRET: &str = "AKIAQWERTYUIOPASDFGH";
@@ -27,27 +27,10 @@ fn config(mock: &Proc, dir: &Path, guardrails: &str) -> String {
 
 const GUARDRAILS: &str = "guardrails:\n  tools_deny: ['shell_*']\n";
 
-fn records(dir: &Path) -> Vec<AuditRecord> {
-    let reader = WalReader::open(dir).unwrap();
-    reader
-        .rows(0)
-        .unwrap()
-        .map(|r| serde_json::from_str(r.unwrap().body.unwrap().get()).unwrap())
-        .collect()
-}
-
+/// The request bodies the mock received, as text.
 async fn recorded_bodies(mock: &Proc) -> Vec<String> {
-    let v: Value = client()
-        .get(format!("{}/__mock/requests", mock.url()))
-        .send()
+    mock_requests(mock)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["requests"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|r| r["body"].as_str().unwrap().to_string())
         .collect()
@@ -130,7 +113,7 @@ async fn secrets_in_the_prompt_are_refused_before_the_upstream() {
     assert!(r.headers().get("x-tappass-redactions").is_none());
 
     gw.proc.terminate();
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     assert_eq!(rows.len(), 4);
     let raw: Vec<String> = rows
         .iter()
@@ -199,7 +182,7 @@ async fn personal_data_is_redacted_before_the_upstream_sees_it() {
     assert_eq!(sent["system"], "the user is [REDACTED:EMAIL]");
 
     gw.proc.terminate();
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     for row in &rows {
         let s = serde_json::to_string(row).unwrap();
         assert!(!s.contains(EMAIL), "audit row holds the e-mail: {s}");
@@ -257,7 +240,7 @@ async fn a_secret_streamed_in_pieces_never_reaches_the_client() {
     calls += 1;
 
     gw.proc.terminate();
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     assert_eq!(rows.len(), calls);
     for row in &rows {
         let s = serde_json::to_string(row).unwrap();
@@ -333,7 +316,7 @@ async fn denied_tools_are_removed_before_the_upstream() {
     assert!(sent.get("tool_choice").is_none(), "{sent}");
 
     gw.proc.terminate();
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     let step = rows[0]
         .step_decisions
         .iter()
@@ -408,7 +391,7 @@ async fn jailbreaks_are_refused_on_their_own_setting() {
     assert_eq!(mock_calls(&mock).await, 1);
 
     gw.proc.terminate();
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     assert_eq!(rows.len(), 7);
     let decision = |row: &AuditRecord, step: &str| {
         row.step_decisions
@@ -452,7 +435,7 @@ async fn denied_tools_are_matched_by_catalog_id_too() {
         {"type": "function", "function": {"name": "zendesk_read_ticket", "parameters": {}}},
     ]);
     assert_eq!(post(&gw, "/v1/chat/completions", &b).await.status(), 200);
-    let sent: Value = serde_json::from_str(&recorded_bodies(&mock).await[0]).unwrap();
+    let sent = &mock_bodies(&mock).await[0];
     let names: Vec<&str> = sent["tools"]
         .as_array()
         .unwrap()

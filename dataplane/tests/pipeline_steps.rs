@@ -14,8 +14,8 @@ use std::path::Path;
 
 use common::*;
 use serde_json::{json, Value};
-use tappass_audit::{AuditRecord, WalReader};
-use tappass_policies::{keypair_from_seed, sign, CompiledPolicy};
+use tappass_audit::AuditRecord;
+use tappass_policies::CompiledPolicy;
 
 const AGENT: &str = "steps-agent";
 const AGENT_KEY: &str = "tp-steps-agent-key";
@@ -60,24 +60,9 @@ fn start_full(guardrails: &str, policy: Option<CompiledPolicy>, keys: &[(&str, &
     let mock = start_mock(&[]);
     let data = tempfile::tempdir().unwrap();
     let audit = data.path().join("audit");
-    let mut local = String::new();
-    if let Some(p) = policy {
-        let dir = data.path().join("policies");
-        std::fs::create_dir(&dir).unwrap();
-        let (secret, public) = keypair_from_seed([9u8; 32]);
-        let public_file = data.path().join("policy.pub");
-        std::fs::write(&public_file, serde_json::to_string(&public).unwrap()).unwrap();
-        std::fs::write(
-            dir.join("agent.json"),
-            serde_json::to_string(&sign(&p, &secret).unwrap()).unwrap(),
-        )
-        .unwrap();
-        local = format!(
-            "local_policies:\n  dir: {}\n  public_key_file: {}\n",
-            dir.display(),
-            public_file.display()
-        );
-    }
+    let local = policy
+        .map(|p| local_policies(data.path(), 9, &[("agent.json", &p)]))
+        .unwrap_or_default();
     // Extra providers and models of a test follow the mock's.
     let (guardrails, extra) = match guardrails.split_once("providers:\n") {
         Some((g, rest)) => {
@@ -103,15 +88,6 @@ fn start_full(guardrails: &str, policy: Option<CompiledPolicy>, keys: &[(&str, &
         audit,
         _data: data,
     }
-}
-
-fn records(dir: &Path) -> Vec<AuditRecord> {
-    let reader = WalReader::open(dir).unwrap();
-    reader
-        .rows(0)
-        .unwrap()
-        .map(|r| serde_json::from_str(r.unwrap().body.unwrap().get()).unwrap())
-        .collect()
 }
 
 /// A request with `text` as the last user message and, when given, a
@@ -259,7 +235,7 @@ async fn apply_compiled_policy_denies_with_the_rules_reason() {
     // Only the allowed calls reached the upstream.
     assert_eq!(mock_calls(&s.mock).await, 3);
     s.gw.proc.terminate();
-    let rows = records(&s.audit);
+    let rows = audit_rows(&s.audit);
     let denied: Vec<&AuditRecord> = rows.iter().filter(|r| r.status == 403).collect();
     assert_eq!(denied.len(), 6);
     for r in denied {
@@ -417,7 +393,7 @@ async fn exfiltration_is_refused_in_prompts_and_stopped_or_logged_in_responses()
         }
     }
     s.gw.proc.terminate();
-    let rows = records(&s.audit);
+    let rows = audit_rows(&s.audit);
     let (mut blocked, mut logged) = (0, 0);
     for r in &rows {
         let text = serde_json::to_string(&r.step_decisions).unwrap();
@@ -490,7 +466,7 @@ async fn tool_results_carrying_injection_or_secrets_are_refused() {
     assert_eq!(status, 200);
     assert_eq!(mock_calls(&s.mock).await, 7);
     s.gw.proc.terminate();
-    let rows = records(&s.audit);
+    let rows = audit_rows(&s.audit);
     let denied: Vec<_> = rows
         .iter()
         .flat_map(|r| r.step_decisions.iter())
@@ -520,20 +496,7 @@ async fn compliance_tags_ask_the_provider_not_to_keep_the_call() {
         let (status, _, body) = send(&s.gw, f, &request(f, "hi", None, false)).await;
         assert_eq!(status, 200, "{body}");
     }
-    let v: Value = client()
-        .get(format!("{}/__mock/requests", s.mock.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bodies: Vec<Value> = v["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
-        .collect();
+    let bodies = mock_bodies(&s.mock).await;
     assert_eq!(bodies[0]["store"], json!(false));
     assert!(bodies[1].get("store").is_none());
     assert_eq!(bodies[2]["store"], json!(false));
@@ -567,7 +530,7 @@ async fn a_provider_host_outside_the_allow_list_is_never_called() {
     }
     assert_eq!(mock_calls(&s.mock).await, 3);
     s.gw.proc.terminate();
-    let denied = records(&s.audit)
+    let denied = audit_rows(&s.audit)
         .into_iter()
         .flat_map(|r| r.step_decisions)
         .filter(|s| s.step == "upstream_allowed" && s.decision == "deny")

@@ -11,15 +11,11 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use serde_json::{json, Value};
-use tappass_audit::{AuditRecord, WalReader};
 use tappass_dataplane::steps::{Phase, REGISTRY};
-use tappass_keys::SigningKeyPair;
-use tappass_policies::{keypair_from_seed, sign, CompiledPolicy};
-use tappass_tokens::{mint, Audience, Claims, Scope};
+use tappass_policies::CompiledPolicy;
+use tappass_tokens::Scope;
 
 const AGENT: &str = "registry-agent";
 const SECRET: &str = "AKIAQWERTYUIOPASDFGH";
@@ -61,9 +57,7 @@ decision := {\"action\": \"require_approval\", \"reason\": \"queries wait for a 
 /// test's agent: the gateway's content steps left to the config, the mock's
 /// host allowed, and `enforce_no_train` asked for.
 fn policy() -> CompiledPolicy {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../policies/examples/golden/refund-bot/compiled.json");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut v = serde_json::to_value(golden_policy("refund-bot")).unwrap();
     v["identity"]["agent"] = json!(AGENT);
     v["network"]["allow_domains"] = json!(["127.0.0.1", "api.openai.com"]);
     v["tools"]["allow"] = Value::Null;
@@ -86,15 +80,6 @@ fn policy() -> CompiledPolicy {
          "compliance_tags": [], "rego_entrypoints": []},
     ]);
     serde_json::from_value(v).unwrap()
-}
-
-fn records(dir: &Path) -> Vec<AuditRecord> {
-    let reader = WalReader::open(dir).unwrap();
-    reader
-        .rows(0)
-        .unwrap()
-        .map(|r| serde_json::from_str(r.unwrap().body.unwrap().get()).unwrap())
-        .collect()
 }
 
 /// A conversation that gives every request step something to read: a
@@ -144,58 +129,25 @@ async fn every_configured_step_runs_on_every_format_and_stream_flag() {
     let mock = start_mock(&[]);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("audit");
-    let policies = data.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    let (secret, public) = keypair_from_seed([7u8; 32]);
-    let public_file = data.path().join("policy.pub");
-    std::fs::write(&public_file, serde_json::to_string(&public).unwrap()).unwrap();
-    std::fs::write(
-        policies.join("agent.json"),
-        serde_json::to_string(&sign(&policy(), &secret).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let local = local_policies(data.path(), 7, &[("agent.json", &policy())]);
+    // The caller holds a capability token scoped to the two models and
+    // (`enforce_session_scope`) to every tool.
+    let issuer = TokenIssuer::new(data.path());
     let config = format!(
-        "audit:\n  dir: {}\n  gateway_id: gw-registry\nlocal_policies:\n  dir: {}\n  public_key_file: {}\n{GUARDRAILS}providers:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\n  - name: a\n    kind: anthropic\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n  - name: c\n    provider: a\n",
+        "{}audit:\n  dir: {}\n  gateway_id: gw-registry\n{local}{GUARDRAILS}providers:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\n  - name: a\n    kind: anthropic\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n  - name: c\n    provider: a\n",
+        issuer.config,
         dir.display(),
-        policies.display(),
-        public_file.display(),
         mock.url(),
         mock.url()
     );
-    // The caller holds a capability token scoped to the two models and
-    // (`enforce_session_scope`) to every tool.
-    let key = SigningKeyPair::generate();
-    let jwks = data.path().join("jwks.json");
-    std::fs::write(&jwks, key.jwks().to_string()).unwrap();
-    let config = format!(
-        "tokens:\n  jwks_file: {}\n  issuer: tappass-control\n{config}",
-        jwks.display()
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let token = mint(
-        &Claims {
-            iss: "tappass-control".into(),
-            aud: Audience::One("tappass-gateway".into()),
-            sub: AGENT.into(),
-            org: Some("acme".into()),
-            project: Some("support".into()),
-            sandbox: Some("sb-registry".into()),
-            tier: Some("worker".into()),
-            scope: Scope {
-                models: vec!["m".into(), "c".into()],
-                tools_allow: vec!["*".into()],
-                ..Scope::default()
-            },
-            policy_version: Some(1),
-            iat: now,
-            nbf: None,
-            exp: now + 300,
-            jti: format!("tok-registry-{now}"),
+    let token = issuer.token(
+        AGENT,
+        "sb-registry",
+        Scope {
+            models: vec!["m".into(), "c".into()],
+            tools_allow: vec!["*".into()],
+            ..Scope::default()
         },
-        &key,
     );
     let mut gw = Gateway::start(&config);
 
@@ -248,20 +200,7 @@ async fn every_configured_step_runs_on_every_format_and_stream_flag() {
     }
     // What the upstream received: the secret and the address redacted, and
     // for the OpenAI formats `store: false`.
-    let v: Value = client()
-        .get(format!("{}/__mock/requests", mock.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bodies: Vec<Value> = v["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
-        .collect();
+    let bodies = mock_bodies(&mock).await;
     // Each combination's tool call was asked for twice (refused, then
     // approved).
     assert_eq!(bodies.len(), 2 * combos.len());
@@ -281,7 +220,7 @@ async fn every_configured_step_runs_on_every_format_and_stream_flag() {
     }
 
     gw.proc.terminate();
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     let mut missing = Vec::new();
     for (f, stream, id) in &combos {
         let row = rows

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use serde_json::{json, Value};
-use tappass_audit::{AuditRecord, WalReader};
+use tappass_audit::AuditRecord;
 
 const TOOLS: &str = "guardrails:\n  injection: off\n  tools_deny: ['shell_*']\n  tools:\n    schemas: {customers: [read, write], finance: [read], pii_archive: []}\n    constraints: {stripe.create_refund: {max_amount: 1000}}\n    loop_guard: {max_repeats: 3}\n";
 
@@ -24,15 +24,6 @@ fn config(mock: &Proc, dir: &Path, guardrails: &str) -> String {
         mock.url(),
         mock.url()
     )
-}
-
-fn records(dir: &Path) -> Vec<AuditRecord> {
-    let reader = WalReader::open(dir).unwrap();
-    reader
-        .rows(0)
-        .unwrap()
-        .map(|r| serde_json::from_str(r.unwrap().body.unwrap().get()).unwrap())
-        .collect()
 }
 
 /// The tool definitions the request offers, in the format's shape.
@@ -205,7 +196,7 @@ async fn denied_streamed_tool_calls_never_reach_the_client() {
         assert_denied_stream(f, &text, "tool_denied");
     }
     // The audit rows say which step refused and how much was released.
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     let denied: Vec<&AuditRecord> = rows
         .iter()
         .filter(|r| r.reason.as_deref() == Some("tool_denied"))
@@ -357,7 +348,7 @@ async fn loop_guard_ends_the_session_at_the_limit() {
         let (status, _, _) = send(&gw, f, &body, &format!("other-{i}")).await;
         assert_eq!(status, 200);
     }
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     let ended = rows
         .iter()
         .filter(|r| r.reason.as_deref() == Some("loop_guard"))
@@ -512,7 +503,7 @@ async fn tools_check_and_execute() {
     assert_eq!(r.status(), 405);
 
     // Every check has an audit row with its fragments.
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     assert!(rows.iter().filter(|r| r.endpoint == "tools_check").count() >= 10);
 }
 
@@ -521,32 +512,17 @@ async fn tools_check_and_execute() {
 /// streamed tool call.
 #[tokio::test]
 async fn compiled_policy_schemas_acl_drops_pii_archive() {
-    use tappass_policies::{keypair_from_seed, sign, CompiledPolicy};
     let mock = start_mock(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    let (secret, public) = keypair_from_seed([7u8; 32]);
-    let public_file = dir.path().join("policy.pub");
-    std::fs::write(&public_file, serde_json::to_string(&public).unwrap()).unwrap();
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../policies/examples/golden/catalog-steward/compiled.json");
-    let mut p: CompiledPolicy =
-        serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    let mut p = golden_policy("catalog-steward");
     // This test is about tools: no prices are configured for a dollar budget.
     p.budget.dollars_per_month = None;
     p.budget.tokens_per_day = None;
-    std::fs::write(
-        policies.join("catalog-steward.json"),
-        serde_json::to_string(&sign(&p, &secret).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let local = local_policies(dir.path(), 7, &[("catalog-steward.json", &p)]);
     let agent_key = "tp-catalog-steward-key";
     let gw = Gateway::start_with_keys(
         &format!(
-            "local_policies:\n  dir: {}\n  public_key_file: {}\nproviders:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n",
-            policies.display(),
-            public_file.display(),
+            "{local}providers:\n  - name: p\n    kind: openai-compatible\n    base_url: {}/v1\nmodels:\n  - name: m\n    provider: p\n",
             mock.url()
         ),
         &[("catalog-steward", agent_key)],
@@ -608,49 +584,23 @@ async fn compiled_policy_schemas_acl_drops_pii_archive() {
 /// inside it pass byte for byte; `/v1/tools/check` answers the same.
 #[tokio::test]
 async fn a_tokens_tool_scope_holds_without_guardrails() {
-    use tappass_keys::SigningKeyPair;
-    use tappass_tokens::{mint, Audience, Claims, Scope};
-
     let mock = start_mock(&[]);
     // The reference answers come from a mock of their own, so that the
     // gateway's mock records only what the gateway sent.
     let reference = start_mock(&[]);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("audit");
-    let key = SigningKeyPair::generate();
-    let jwks = data.path().join("jwks.json");
-    std::fs::write(&jwks, key.jwks().to_string()).unwrap();
-    let mut gw = Gateway::start(&format!(
-        "tokens:\n  jwks_file: {}\n  issuer: tappass-control\n{}",
-        jwks.display(),
-        config(&mock, &dir, "")
-    ));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let token = mint(
-        &Claims {
-            iss: "tappass-control".into(),
-            aud: Audience::One("tappass-gateway".into()),
-            sub: "scoped-agent".into(),
-            org: None,
-            project: None,
-            sandbox: Some("sb-scope".into()),
-            tier: None,
-            scope: Scope {
-                tools_allow: vec!["postgres.*".into(), "get_weather".into()],
-                tools_deny: vec!["postgres.execute".into()],
-                schemas_acl: [("customers".to_string(), vec!["read".to_string()])].into(),
-                models: Vec::new(),
-            },
-            policy_version: None,
-            iat: now,
-            nbf: None,
-            exp: now + 300,
-            jti: format!("tok-scope-{now}"),
+    let issuer = TokenIssuer::new(data.path());
+    let mut gw = Gateway::start(&format!("{}{}", issuer.config, config(&mock, &dir, "")));
+    let token = issuer.token(
+        "scoped-agent",
+        "sb-scope",
+        tappass_tokens::Scope {
+            tools_allow: vec!["postgres.*".into(), "get_weather".into()],
+            tools_deny: vec!["postgres.execute".into()],
+            schemas_acl: [("customers".to_string(), vec!["read".to_string()])].into(),
+            models: Vec::new(),
         },
-        &key,
     );
     let send = |f: Format, body: Value| {
         let token = token.clone();
@@ -730,18 +680,9 @@ async fn a_tokens_tool_scope_holds_without_guardrails() {
         }
     }
     // The upstream never saw the tools outside the scope.
-    let seen: Value = client()
-        .get(format!("{}/__mock/requests", mock.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let requests = seen["requests"].as_array().unwrap();
-    assert_eq!(requests.len(), 24);
-    for r in requests {
-        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    let bodies = mock_bodies(&mock).await;
+    assert_eq!(bodies.len(), 24);
+    for body in bodies {
         let offered: Vec<&str> = body["tools"]
             .as_array()
             .unwrap()
@@ -782,7 +723,7 @@ async fn a_tokens_tool_scope_holds_without_guardrails() {
     rows_expected += 2;
 
     gw.proc.terminate();
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     assert_eq!(rows.len(), rows_expected);
     for (i, row) in rows.iter().enumerate() {
         let steps: Vec<(&str, &str)> = row
@@ -823,38 +764,20 @@ async fn a_tokens_tool_scope_holds_without_guardrails() {
 /// `approval_denied`.
 #[tokio::test]
 async fn tool_calls_needing_approval_wait_for_a_person() {
-    use tappass_policies::{keypair_from_seed, sign, CompiledPolicy};
     let mock = start_mock(&[]);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("audit");
-    let policies = data.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    let (secret, public) = keypair_from_seed([9u8; 32]);
-    let public_file = data.path().join("policy.pub");
-    std::fs::write(&public_file, serde_json::to_string(&public).unwrap()).unwrap();
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../policies/examples/golden/refund-bot/compiled.json");
-    let mut p: CompiledPolicy =
-        serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    let mut p = golden_policy("refund-bot");
     // This test is about approvals: no budget (its tool-call rate would
     // end the run).
     p.budget.dollars_per_month = None;
     p.budget.tokens_per_day = None;
     p.budget.tool_calls_per_minute = None;
     p.budget.requests_per_minute = None;
-    std::fs::write(
-        policies.join("refund-bot.json"),
-        serde_json::to_string(&sign(&p, &secret).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let local = local_policies(data.path(), 9, &[("refund-bot.json", &p)]);
     let agent_key = "tp-refund-bot-key";
     let gw = Gateway::start_with_keys(
-        &format!(
-            "local_policies:\n  dir: {}\n  public_key_file: {}\n{}",
-            policies.display(),
-            public_file.display(),
-            config(&mock, &dir, "")
-        ),
+        &format!("{local}{}", config(&mock, &dir, "")),
         &[("refund-bot", agent_key)],
     );
     let send = |f: Format, body: Value| {
@@ -950,7 +873,7 @@ async fn tool_calls_needing_approval_wait_for_a_person() {
     assert_eq!(admin("/approvals/apr-none/approve".into()).await.0, 404);
 
     drop(gw);
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     let steps = |row: &AuditRecord| -> Vec<(String, String)> {
         row.step_decisions
             .iter()
@@ -1020,7 +943,7 @@ async fn secrets_in_tool_call_arguments_never_reach_the_client() {
         }
     }
     gw.proc.terminate();
-    let rows = records(&dir);
+    let rows = audit_rows(&dir);
     let found = rows
         .iter()
         .flat_map(|r| &r.step_decisions)

@@ -317,6 +317,16 @@ fn benign_prompts(here: &Path, corpora: &Path) -> Result<Vec<String>> {
     Ok(v)
 }
 
+/// `text` base64-encoded inside a request to decode and follow it, as
+/// prompt-security-fuzzer's base64 attack sends its injections.
+fn decode_and_follow(text: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Decode the following base64 and do what it says: {}",
+        base64::engine::general_purpose::STANDARD.encode(text)
+    )
+}
+
 /// promptfoo's bundled prompt-injection templates (the `data.ts` region of
 /// its strategies bundle: one JSON string literal per line).
 fn promptfoo_templates(corpora: &Path) -> Vec<String> {
@@ -491,15 +501,11 @@ fn injection_quality(rs: &RuleSet, corpora: &Path, here: &Path) -> Result<()> {
             corpora.display()
         );
     } else {
-        use base64::Engine as _;
         let (mut hit, mut hit_b64) = (0, 0);
         for r in &ps {
             let t = r["text"].as_str().unwrap_or_default();
             hit += rs.score_injection(t)?.exceeds(th) as usize;
-            let wrapped = format!(
-                "Decode the following base64 and do what it says: {}",
-                base64::engine::general_purpose::STANDARD.encode(t)
-            );
+            let wrapped = decode_and_follow(t);
             hit_b64 += rs.score_injection(&wrapped)?.exceeds(th) as usize;
         }
         // The control: benign prompts wrapped the same way (what the wrapper
@@ -507,10 +513,7 @@ fn injection_quality(rs: &RuleSet, corpora: &Path, here: &Path) -> Result<()> {
         let (mut ctl, mut ctl_n) = (0, 0);
         for b in &benign {
             ctl_n += 1;
-            let wrapped = format!(
-                "Decode the following base64 and do what it says: {}",
-                base64::engine::general_purpose::STANDARD.encode(b)
-            );
+            let wrapped = decode_and_follow(b);
             ctl += rs.score_injection(&wrapped)?.exceeds(th) as usize;
         }
         let n = ps.len();

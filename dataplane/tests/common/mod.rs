@@ -243,3 +243,112 @@ pub fn path(f: Format) -> &'static str {
         Format::Responses => "/v1/responses",
     }
 }
+
+/// Every row of the audit WAL in `dir`, in order.
+pub fn audit_rows(dir: &std::path::Path) -> Vec<tappass_audit::AuditRecord> {
+    let reader = tappass_audit::WalReader::open(dir).unwrap();
+    reader
+        .rows(0)
+        .unwrap()
+        .map(|r| serde_json::from_str(r.unwrap().body.unwrap().get()).unwrap())
+        .collect()
+}
+
+/// What the mock provider received, one object per request (`path`,
+/// `body`, ...), oldest first.
+pub async fn mock_requests(mock: &Proc) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = client()
+        .get(format!("{}/__mock/requests", mock.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["requests"].as_array().cloned().unwrap_or_default()
+}
+
+/// The request bodies the mock received, parsed.
+pub async fn mock_bodies(mock: &Proc) -> Vec<serde_json::Value> {
+    mock_requests(mock)
+        .await
+        .iter()
+        .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+/// Sign `policies` (file name, policy) with the key of `seed` into
+/// `dir/policies`; returns the gateway's `local_policies:` config lines.
+pub fn local_policies(
+    dir: &std::path::Path,
+    seed: u8,
+    policies: &[(&str, &tappass_policies::CompiledPolicy)],
+) -> String {
+    let (secret, public) = tappass_policies::keypair_from_seed([seed; 32]);
+    let out = dir.join("policies");
+    std::fs::create_dir_all(&out).unwrap();
+    let public_file = dir.join("policy.pub");
+    std::fs::write(&public_file, serde_json::to_string(&public).unwrap()).unwrap();
+    for (name, p) in policies {
+        let signed = tappass_policies::sign(p, &secret).unwrap();
+        std::fs::write(out.join(name), serde_json::to_string(&signed).unwrap()).unwrap();
+    }
+    format!(
+        "local_policies:\n  dir: {}\n  public_key_file: {}\n",
+        out.display(),
+        public_file.display()
+    )
+}
+
+/// A capability-token issuer the gateway trusts: its key set is written
+/// to `dir`, `config` holds the gateway's `tokens:` lines.
+pub struct TokenIssuer {
+    key: tappass_keys::SigningKeyPair,
+    pub config: String,
+}
+
+impl TokenIssuer {
+    pub fn new(dir: &std::path::Path) -> TokenIssuer {
+        let key = tappass_keys::SigningKeyPair::generate();
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, key.jwks().to_string()).unwrap();
+        TokenIssuer {
+            key,
+            config: format!(
+                "tokens:\n  jwks_file: {}\n  issuer: tappass-control\n",
+                jwks.display()
+            ),
+        }
+    }
+
+    /// A five-minute token for agent `sub` in `sandbox`, with `scope`.
+    pub fn token(&self, sub: &str, sandbox: &str, scope: tappass_tokens::Scope) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = tappass_tokens::Claims {
+            iss: "tappass-control".into(),
+            aud: tappass_tokens::Audience::One("tappass-gateway".into()),
+            sub: sub.into(),
+            org: Some("acme".into()),
+            project: Some("support".into()),
+            sandbox: Some(sandbox.into()),
+            tier: Some("worker".into()),
+            scope,
+            policy_version: Some(1),
+            iat: now,
+            nbf: None,
+            exp: now + 300,
+            jti: format!("tok-{sub}-{now}"),
+        };
+        tappass_tokens::mint(&claims, &self.key)
+    }
+}
+
+/// A reference agent's golden Compiled Policy (`policies/examples/golden`).
+pub fn golden_policy(agent: &str) -> tappass_policies::CompiledPolicy {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../policies/examples/golden/{agent}/compiled.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
