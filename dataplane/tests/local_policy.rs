@@ -47,15 +47,7 @@ async fn call(gw: &Gateway, key: &str) -> (u16, String) {
 }
 
 async fn last_upstream_body(mock: &Proc) -> String {
-    let v: Value = client()
-        .get(format!("{}/__mock/requests", mock.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["requests"].as_array().unwrap().last().unwrap()["body"]
+    mock_requests(mock).await.last().unwrap()["body"]
         .as_str()
         .unwrap()
         .to_string()

@@ -54,16 +54,7 @@ async fn echo_streaming_and_usage_stripping() {
     assert_eq!(text, "stream me please");
     assert!(done);
     assert!(!body.contains("\"usage\":{"), "{body}");
-    let upstream: Value = client()
-        .get(format!("{}/__mock/requests", mock.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let last: Value =
-        serde_json::from_str(upstream["requests"][1]["body"].as_str().unwrap()).unwrap();
+    let last = mock_bodies(&mock).await[1].clone();
     assert_eq!(last["stream_options"]["include_usage"], true);
 
     // Asked for: the usage chunk reaches the client.
@@ -557,16 +548,9 @@ async fn provider_credentials_are_injected_and_client_keys_never_forwarded() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let v: Value = client()
-        .get(format!("{}/__mock/requests", mock.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let requests = mock_requests(&mock).await;
     let headers = |i: usize| -> Vec<(String, String)> {
-        serde_json::from_value(v["requests"][i]["headers"].clone()).unwrap()
+        serde_json::from_value(requests[i]["headers"].clone()).unwrap()
     };
     let h0 = headers(0);
     assert!(h0.contains(&("authorization".into(), "Bearer sk-provider-secret".into())));
