@@ -77,3 +77,38 @@ fn category_filter_and_injection_threshold() {
     assert_eq!(code, 1);
     assert!(out.contains("injection score"), "{out}");
 }
+
+#[test]
+fn allowlisted_values_are_not_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("allow.txt");
+    std::fs::write(&list, format!("# reviewed public key\n{SECRET}\n")).unwrap();
+    let other = "ghp_Zq8TwLm2Rv5Kx7Yp3Nc6Hd9Bf1Gs4Jt0UeWa";
+    let input = format!("a={SECRET}\nb={other}\n");
+    let (code, out, _) = run(&["scan", "--format", "jsonl"], &input);
+    assert_eq!(code, 1);
+    assert_eq!(out.lines().filter(|l| l.contains("github-pat")).count(), 2);
+    let (code, out, _) = run(
+        &[
+            "scan",
+            "--format",
+            "jsonl",
+            "--allowlist",
+            list.to_str().unwrap(),
+        ],
+        &input,
+    );
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("github-pat")).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["line"], 2);
+    // only the allowlisted value: nothing found
+    let (code, out, _) = run(
+        &["scan", "--allowlist", list.to_str().unwrap()],
+        &format!("a={SECRET}\n"),
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, _, err) = run(&["scan", "--allowlist", "/nonexistent/allow"], "x");
+    assert_eq!(code, 2, "{err}");
+}

@@ -177,6 +177,11 @@ pub struct GuardrailsConfig {
     /// (`enforce_no_train`; default `false`).
     #[serde(default)]
     pub no_train: bool,
+    /// Values never reported as secrets, matched exactly: keys reviewed as
+    /// public by design, such as a web app's Google API key. Applies to
+    /// prompts, tool results, tool-call arguments and responses.
+    #[serde(default)]
+    pub allowed_secrets: Vec<String>,
 }
 
 /// The `guardrails.tools:` section: checks on the tool calls a model emits
@@ -319,6 +324,7 @@ impl Default for GuardrailsConfig {
             response_exfil: GuardAction::Off,
             tool_results: GuardAction::Off,
             no_train: false,
+            allowed_secrets: Vec::new(),
         }
     }
 }

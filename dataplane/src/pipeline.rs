@@ -57,8 +57,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 use tappass_detectors::{
-    redact_window, Categories, Category, Finding, InjectionScore, Pseudonyms, RedactMode, RuleSet,
-    StreamScanner,
+    redact_window, AllowedValues, Categories, Category, EvidenceKey, Finding, InjectionScore,
+    Pseudonyms, RedactMode, RuleSet, StreamScanner,
 };
 
 use crate::call_record::CallRecord;
@@ -79,8 +79,14 @@ use tappass_policies::PreparedRego;
 static RULES: OnceLock<Result<RuleSet, String>> = OnceLock::new();
 static RULES_WITH_EXFIL: OnceLock<Result<RuleSet, String>> = OnceLock::new();
 
+/// Rule sets built for a configured `allowed_secrets` list, by exfiltration
+/// flag and list: compiled once per distinct list, so a reload with the same
+/// list compiles nothing.
+type AllowingRules = Vec<((bool, Vec<String>), Result<RuleSet, String>)>;
+static RULES_ALLOWING: Mutex<AllowingRules> = Mutex::new(Vec::new());
+
 pub(crate) fn shared_rules() -> Result<RuleSet, String> {
-    rule_set(false)
+    rule_set(false, &[])
 }
 
 /// Compile the rule sets a pushed or local policy may need on a background
@@ -90,23 +96,41 @@ pub fn warm_rules_in_background() {
     let _ = std::thread::Builder::new()
         .name("tappass-rules-compile".into())
         .spawn(|| {
-            let _ = rule_set(false);
-            let _ = rule_set(true);
+            let _ = rule_set(false, &[]);
+            let _ = rule_set(true, &[]);
         });
 }
 
-fn rule_set(exfil: bool) -> Result<RuleSet, String> {
+fn categories(exfil: bool) -> Categories {
+    Categories {
+        pii: true,
+        secrets: true,
+        injection: true,
+        exfil,
+    }
+}
+
+fn rule_set(exfil: bool, allowed: &[String]) -> Result<RuleSet, String> {
+    if !allowed.is_empty() {
+        let mut cache = RULES_ALLOWING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, r)) = cache
+            .iter()
+            .find(|((x, list), _)| *x == exfil && list == allowed)
+        {
+            return r.clone();
+        }
+        let built = RuleSet::builtin_allowing(
+            &categories(exfil),
+            EvidenceKey::random(),
+            AllowedValues::from_values(allowed),
+        )
+        .map_err(|e| e.to_string());
+        cache.push(((exfil, allowed.to_vec()), built.clone()));
+        return built;
+    }
     let cell = if exfil { &RULES_WITH_EXFIL } else { &RULES };
-    cell.get_or_init(|| {
-        let cats = Categories {
-            pii: true,
-            secrets: true,
-            injection: true,
-            exfil,
-        };
-        RuleSet::builtin(&cats).map_err(|e| e.to_string())
-    })
-    .clone()
+    cell.get_or_init(|| RuleSet::builtin(&categories(exfil)).map_err(|e| e.to_string()))
+        .clone()
 }
 
 /// One step's setting and where it came from.
@@ -151,6 +175,8 @@ pub struct Guardrails {
     rules: RuleSet,
     /// `rules` holds the exfiltration rules.
     rules_exfil: bool,
+    /// `guardrails.allowed_secrets`: values `rules` do not report.
+    allowed_secrets: Vec<String>,
 }
 
 fn on(s: StepSetting) -> bool {
@@ -159,6 +185,11 @@ fn on(s: StepSetting) -> bool {
 
 impl Guardrails {
     pub(crate) fn from_config(c: &GuardrailsConfig, rules: RuleSet) -> Result<Guardrails, String> {
+        let rules = if c.allowed_secrets.is_empty() {
+            rules
+        } else {
+            rule_set(false, &c.allowed_secrets).map_err(|e| format!("detector rules: {e}"))?
+        };
         let s = |action| StepSetting {
             action,
             provenance: FROM_CONFIG,
@@ -193,6 +224,7 @@ impl Guardrails {
             allow_domains: None,
             rules,
             rules_exfil: false,
+            allowed_secrets: c.allowed_secrets.clone(),
         })
     }
 
@@ -200,7 +232,8 @@ impl Guardrails {
     /// them (once per state, never per call).
     fn load_exfil_rules(&mut self) -> Result<(), String> {
         if (on(self.exfil) || on(self.response_exfil)) && !self.rules_exfil {
-            self.rules = rule_set(true).map_err(|e| format!("detector rules: {e}"))?;
+            self.rules = rule_set(true, &self.allowed_secrets)
+                .map_err(|e| format!("detector rules: {e}"))?;
             self.rules_exfil = true;
         }
         Ok(())
@@ -677,7 +710,7 @@ pub fn scope_only_guardrails() -> Result<Arc<Guardrails>, String> {
     static SCOPE_ONLY: OnceLock<Result<Arc<Guardrails>, String>> = OnceLock::new();
     SCOPE_ONLY
         .get_or_init(|| {
-            let rules = rule_set(false)?;
+            let rules = rule_set(false, &[])?;
             let mut g = Guardrails::from_config(&GuardrailsConfig::all_off(), rules)?;
             g.tools.action = GuardAction::Off;
             Ok(Arc::new(g))

@@ -444,3 +444,54 @@ async fn denied_tools_are_matched_by_catalog_id_too() {
         .collect();
     assert_eq!(names, ["zendesk_read_ticket"]);
 }
+
+#[tokio::test]
+async fn allowed_secrets_pass_and_other_secrets_do_not() {
+    // A Google API key reviewed as public (shipped in a web app), and one
+    // that is not.
+    const PUBLIC: &str = "AIzaSyBF2RrAIm4a0mO64EShQfqfd2AFnzAvvuU";
+    const PRIVATE: &str = "AIzaSyQ7kT2mVx9LpR4nZc8HwJ3sDf6GbY1uEoA";
+    let mock = start_mock(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let guardrails = format!("guardrails:\n  exfil: log\n  allowed_secrets: ['{PUBLIC}']\n");
+    let mut gw = Gateway::start(&config(&mock, &dir, &guardrails));
+
+    // the public key passes to the upstream in every format
+    let prompt = format!("why does firebase reject apiKey {PUBLIC}?");
+    for (path, body) in [
+        ("/v1/chat/completions", chat("m", &prompt, false)),
+        ("/v1/messages", anthropic(&prompt, false)),
+        ("/v1/responses", responses(&prompt, false)),
+    ] {
+        let r = post(&gw, path, &body).await;
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let bodies = recorded_bodies(&mock).await;
+    assert_eq!(bodies.len(), 3);
+    assert!(bodies.iter().all(|b| b.contains(PUBLIC)));
+
+    // another key in the same place is refused before the upstream
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("m", &format!("and {PRIVATE}?"), false),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-tappass-error-code"], "secret_blocked");
+    assert_eq!(mock_calls(&mock).await, 3);
+
+    // in a streamed response, the public key is released and the other
+    // one redacted
+    let reply = format!("web key {PUBLIC}, server key {PRIVATE}.");
+    script(&mock, json!([{"reply": reply, "chunk_size": 5}])).await;
+    let r = post(&gw, "/v1/chat/completions", &chat("m", "keys?", true)).await;
+    assert_eq!(r.status(), 200);
+    let text = stream_text(&r.text().await.unwrap());
+    assert_eq!(
+        text,
+        format!("web key {PUBLIC}, server key [REDACTED:GOOGLE_KEY].")
+    );
+    gw.proc.terminate();
+}

@@ -39,6 +39,47 @@ const INJECTION_MIN_LITERAL: usize = 7;
 /// Decoded blobs are scanned again at most this deep.
 const MAX_DECODE_DEPTH: u8 = 1;
 
+/// Values that are never reported as secrets although a rule matches them:
+/// keys that are public by design (a web app's Google API key, a sample
+/// key published in vendor documentation) which an operator has reviewed.
+/// Matched exactly against the value a secret rule extracted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedValues(std::collections::HashSet<Box<str>>);
+
+impl AllowedValues {
+    /// One value per line; blank lines and lines starting with `#` are
+    /// skipped, surrounding whitespace is trimmed.
+    pub fn parse(text: &str) -> AllowedValues {
+        Self::from_values(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#')),
+        )
+    }
+
+    pub fn from_values<S: AsRef<str>>(values: impl IntoIterator<Item = S>) -> AllowedValues {
+        AllowedValues(
+            values
+                .into_iter()
+                .filter(|v| !v.as_ref().is_empty())
+                .map(|v| Box::from(v.as_ref()))
+                .collect(),
+        )
+    }
+
+    pub fn contains(&self, value: &str) -> bool {
+        self.0.contains(value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// One detection.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
@@ -91,6 +132,7 @@ pub(crate) struct Inner {
     pub injection_db: Option<(Database, Vec<u32>)>,
     pub proto_scratch: Mutex<Scratch>,
     pub key: EvidenceKey,
+    pub allowed: AllowedValues,
     pub hold_back: usize,
     pub hs_exprs: Vec<(String, String, bool)>,
     /// Rules of each Hyperscan expression id.
@@ -236,17 +278,36 @@ impl RuleSet {
 
     /// Built-in rules with a deployment evidence key.
     pub fn builtin_with_key(cats: &Categories, key: EvidenceKey) -> Result<RuleSet, BuildError> {
+        Self::builtin_allowing(cats, key, AllowedValues::default())
+    }
+
+    /// Built-in rules with a deployment evidence key; secret rules do not
+    /// report the `allowed` values.
+    pub fn builtin_allowing(
+        cats: &Categories,
+        key: EvidenceKey,
+        allowed: AllowedValues,
+    ) -> Result<RuleSet, BuildError> {
         let all = rules::builtin_rules()?;
         let chosen: Vec<RuleSpec> = all
             .into_iter()
             .filter(|r| r.decode.is_some() || cats.contains(r.category))
             .collect();
-        Self::from_rules(chosen, key)
+        Self::from_rules_allowing(chosen, key, allowed)
     }
 
     /// Compile a rule set. Any rule that does not parse, is unbounded, too
     /// long, or rejected by Hyperscan fails the build with its id.
     pub fn from_rules(specs: Vec<RuleSpec>, key: EvidenceKey) -> Result<RuleSet, BuildError> {
+        Self::from_rules_allowing(specs, key, AllowedValues::default())
+    }
+
+    /// [`RuleSet::from_rules`], with values secret rules do not report.
+    pub fn from_rules_allowing(
+        specs: Vec<RuleSpec>,
+        key: EvidenceKey,
+        allowed: AllowedValues,
+    ) -> Result<RuleSet, BuildError> {
         if specs.iter().all(|s| s.decode.is_some()) {
             return Err(BuildError::Empty);
         }
@@ -527,6 +588,7 @@ impl RuleSet {
                 injection_db,
                 proto_scratch: Mutex::new(scratch),
                 key,
+                allowed,
                 hold_back,
                 hs_exprs,
                 group_rules,
@@ -810,7 +872,7 @@ impl RuleSet {
             if v.is_empty() {
                 continue;
             }
-            let Some(v) = validate(rule, hay, v) else {
+            let Some(v) = validate(rule, hay, v, &self.inner.allowed) else {
                 continue;
             };
             let value = String::from_utf8_lossy(&hay[v.clone()]);
@@ -856,7 +918,12 @@ fn decode_as(kind: Decode, value: &str) -> Option<String> {
     }
 }
 
-fn validate(rule: &CompiledRule, hay: &[u8], mut v: Range<usize>) -> Option<Range<usize>> {
+fn validate(
+    rule: &CompiledRule,
+    hay: &[u8],
+    mut v: Range<usize>,
+    allowed: &AllowedValues,
+) -> Option<Range<usize>> {
     for name in &rule.validators {
         let value = std::str::from_utf8(&hay[v.clone()]).ok()?;
         let sub = validators::run(name, value)?;
@@ -871,7 +938,10 @@ fn validate(rule: &CompiledRule, hay: &[u8], mut v: Range<usize>) -> Option<Rang
             Some(p) if value.len() > p.len() && value.starts_with(p.as_str()) => &value[p.len()..],
             _ => value,
         };
-        if validators::looks_placeholder(body) || validators::has_placeholder_word(body) {
+        if validators::looks_placeholder(body)
+            || validators::has_placeholder_word(body)
+            || allowed.contains(value)
+        {
             return None;
         }
     }

@@ -62,7 +62,7 @@ pub mod testgen;
 mod trigger;
 pub mod validators;
 
-pub use engine::{Finding, RuleSet, MAX_EXTENDED_LEN, MAX_MATCH_LEN};
+pub use engine::{AllowedValues, Finding, RuleSet, MAX_EXTENDED_LEN, MAX_MATCH_LEN};
 pub use evidence::{Evidence, EvidenceKey};
 pub use injection::{InjectionScore, DEFAULT_INJECTION_THRESHOLD, JAILBREAK_FAMILIES};
 pub use redact::{redact, redact_window, Pseudonyms, RedactMode};

@@ -392,3 +392,50 @@ fn streaming_continues_after_a_final_match_in_an_open_window() {
         assert_eq!(ids(&stream(text, &cuts)), block, "chunks of {step}");
     }
 }
+
+#[test]
+fn allowed_values_are_not_reported_in_any_mode() {
+    use tappass_detectors::AllowedValues;
+    let public = "AIzaSyBF2RrAIm4a0mO64EShQfqfd2AFnzAvvuU";
+    let private = "AIzaSyQ7kT2mVx9LpR4nZc8HwJ3sDf6GbY1uEoA";
+    let text = format!("const firebase = {{ apiKey: \"{public}\" }}; backend key {private}\n");
+    let gcp = |f: &[Finding]| -> Vec<String> {
+        f.iter()
+            .filter(|f| f.rule_id.as_ref() == "gcp-api-key")
+            .map(|f| text[f.span.clone()].to_string())
+            .collect()
+    };
+    // without an allowlist both keys are reported
+    assert_eq!(gcp(&rs().scan(&text).unwrap()), [public, private]);
+    let allowed = AllowedValues::parse(&format!("# reviewed: public web key\n\n  {public}  \n"));
+    assert_eq!(allowed.len(), 1);
+    let rs = RuleSet::builtin_allowing(
+        &Categories::all(),
+        EvidenceKey::from_bytes([3; 32]),
+        allowed,
+    )
+    .unwrap();
+    assert_eq!(gcp(&rs.scan(&text).unwrap()), [private]);
+    // streamed in small chunks, and base64-wrapped, the same holds
+    let mut s = rs.stream_scanner().unwrap();
+    let mut found = Vec::new();
+    for chunk in text.as_bytes().chunks(7) {
+        found.extend(
+            s.feed(std::str::from_utf8(chunk).unwrap())
+                .unwrap()
+                .findings,
+        );
+    }
+    found.extend(s.finish().unwrap().findings);
+    assert_eq!(gcp(&found), [private]);
+    use base64::Engine as _;
+    let wrapped_gcp = |key: &str| {
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("key={key}\n"));
+        rs.scan(&format!("blob {b} end"))
+            .unwrap()
+            .iter()
+            .any(|f| f.rule_id.as_ref() == "gcp-api-key")
+    };
+    assert!(wrapped_gcp(private));
+    assert!(!wrapped_gcp(public));
+}

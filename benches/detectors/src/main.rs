@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use tappass_detectors::{testgen, Categories, Category, EvidenceKey, RuleSet};
+use tappass_detectors::{testgen, AllowedValues, Categories, Category, EvidenceKey, RuleSet};
+
+mod gitleaks;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -114,64 +116,33 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
     };
     // gitleaks literal samples
     let rows = read_jsonl(&shared.join("secrets/gitleaks-samples.jsonl"))?;
-    let (mut p, mut tp, mut n, mut fp, mut skipped) = (0, 0, 0, 0, 0);
-    let mut missed = Vec::new();
-    let mut fp_rules: std::collections::BTreeMap<String, usize> = Default::default();
-    // A negative of one rule that is verbatim a positive sample of another
-    // (e.g. an admin key listed as "not a user key") is not a negative.
-    let positives: std::collections::HashSet<&str> = rows
-        .iter()
-        .filter(|r| r["expect"] == "secret")
-        .filter_map(|r| r["text"].as_str())
-        .collect();
-    let mut cross = 0;
-    for (ix, r) in rows.iter().enumerate() {
-        let text = r["text"].as_str().unwrap_or("");
-        // gitleaks builds some positives from a prefix, a length and a
-        // suffix: the prefix row is followed by a bare number.
-        let next_is_length = rows
-            .get(ix + 1)
-            .and_then(|n| n["text"].as_str())
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if r["expect"] != "secret" && positives.contains(text) {
-            cross += 1;
-            continue;
-        }
-        if r["expect"] == "secret" {
-            if is_fragment(text) || next_is_length {
-                skipped += 1;
-                continue;
-            }
-            p += 1;
-            if is_secret(text)? {
-                tp += 1;
-            } else {
-                missed.push(format!("{}: {:.80}", r["rule"], text));
-                if detail {
-                    eprintln!("MISS {}: {:?}", r["rule"], text);
-                }
-            }
-        } else {
-            n += 1;
-            if is_secret(text)? {
-                fp += 1;
-                for f in rs.scan(text)? {
-                    if f.category == Category::Secret {
-                        *fp_rules.entry(f.rule_id.to_string()).or_insert(0usize) += 1;
-                        if detail {
-                            eprintln!(
-                                "FP {} by {}: {:?}",
-                                r["rule"],
-                                f.rule_id,
-                                text.get(f.span.clone()).unwrap_or("")
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-    row("gitleaks samples (literal positives)", p, tp, n, fp);
+    let catalog = gitleaks::Catalog::parse(&std::fs::read_to_string(
+        shared.join("secrets/gitleaks.toml"),
+    )?)?;
+    let plain = gitleaks_samples(rs, &rows, &catalog, detail)?;
+    row(
+        "gitleaks samples (literal positives)",
+        plain.p,
+        plain.tp,
+        plain.n,
+        plain.fp,
+    );
+    let allowing = RuleSet::builtin_allowing(
+        &Categories::all(),
+        EvidenceKey::from_bytes([9; 32]),
+        AllowedValues::from_values(&catalog.allowed_values),
+    )?;
+    let allowed = gitleaks_samples(&allowing, &rows, &catalog, false)?;
+    row(
+        &format!(
+            "the same, with the catalog's {} allowlisted values as TapPass's allowlist",
+            catalog.allowed_values.len()
+        ),
+        allowed.p,
+        allowed.tp,
+        allowed.n,
+        allowed.fp,
+    );
     // detect-secrets cases (ip_public is PII in TapPass)
     let rows = read_jsonl(&shared.join("secrets/detect-secrets-cases.jsonl"))?;
     let (mut p2, mut tp2, mut n2, mut fp2) = (0, 0, 0, 0);
@@ -204,15 +175,14 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
     }
     row("detect-secrets plugin cases", p2, tp2, n2, fp2);
     // generated from the gitleaks catalog regexes
-    let toml = std::fs::read_to_string(shared.join("secrets/gitleaks.toml"))?;
     let (mut p3, mut tp3, mut unparsable) = (0, 0, 0);
     let mut missed_rules = Vec::new();
-    for (id, re) in gitleaks_regexes(&toml) {
+    for (id, re) in &catalog.patterns {
         let mut any = false;
         let mut hits = 0;
         let mut tried = 0;
         for seed in 0..5u64 {
-            let Some(sample) = testgen::generate(&re, false, seed) else {
+            let Some(sample) = testgen::generate(re, false, seed) else {
                 continue;
             };
             any = true;
@@ -228,7 +198,7 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
         p3 += tried;
         tp3 += hits;
         if hits == 0 {
-            missed_rules.push(id);
+            missed_rules.push(id.as_str());
         }
     }
     row(
@@ -239,22 +209,34 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
         0,
     );
     println!(
-        "\n{skipped} gitleaks \"secret\" samples are generator fragments (regex text, lengths, keywords, a prefix followed by a length) and were excluded; \
-         {cross} \"no_secret\" samples that are verbatim another rule's positive sample were excluded from the negatives; \
-         {unparsable} catalog regexes could not be parsed by the generator.\n"
+        "\n{} gitleaks \"secret\" samples are generator fragments (regex text, lengths, keywords, a prefix followed by a length) and were excluded; \
+         {} \"no_secret\" samples that are verbatim another rule's positive sample, and {} that the catalog as a whole reports \
+         (gitleaks' own rules, entropy and allowlists; {}), were excluded from the negatives; \
+         {unparsable} catalog regexes could not be parsed by the generator, {} by the `regex` crate.\n",
+        plain.skipped,
+        plain.cross,
+        plain.catalog_cross.len(),
+        plain.catalog_cross.join(", "),
+        catalog.unparsable.len(),
     );
-    if !missed.is_empty() {
-        println!("Missed literal samples: {}\n", missed.len());
-        for m in missed.iter().take(20) {
+    if !plain.missed.is_empty() {
+        println!("Missed literal samples: {}\n", plain.missed.len());
+        for m in plain.missed.iter().take(20) {
             println!("- `{}`", m.replace('`', "'").replace('\n', " "));
         }
         println!();
     }
-    if !fp_rules.is_empty() {
-        let mut v: Vec<_> = fp_rules.into_iter().collect();
+    for (name, counts) in [("", &plain), (" with the allowlist", &allowed)] {
+        if counts.fp_rules.is_empty() {
+            continue;
+        }
+        let mut v: Vec<_> = counts.fp_rules.iter().collect();
         v.sort_by_key(|b| std::cmp::Reverse(b.1));
         let list: Vec<String> = v.iter().map(|(k, n)| format!("{k} ({n})")).collect();
-        println!("Rules firing on gitleaks negatives: {}\n", list.join(", "));
+        println!(
+            "Rules firing on gitleaks negatives{name}: {}\n",
+            list.join(", ")
+        );
     }
     if !missed_rules.is_empty() {
         println!(
@@ -265,22 +247,102 @@ fn secrets_quality(rs: &RuleSet, shared: &Path) -> Result<()> {
     Ok(())
 }
 
-fn gitleaks_regexes(toml: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut id = String::new();
-    for line in toml.lines() {
-        let l = line.trim();
-        if let Some(v) = l.strip_prefix("id = ") {
-            id = v.trim_matches('"').to_string();
-        } else if let Some(v) = l.strip_prefix("regex = '''") {
-            if let Some(re) = v.strip_suffix("'''") {
-                if !id.is_empty() {
-                    out.push((std::mem::take(&mut id), re.to_string()));
+#[derive(Default)]
+struct SampleCounts {
+    p: usize,
+    tp: usize,
+    n: usize,
+    fp: usize,
+    skipped: usize,
+    cross: usize,
+    /// Negatives the catalog as a whole reports, as `rule→reporting rules`.
+    catalog_cross: Vec<String>,
+    missed: Vec<String>,
+    fp_rules: std::collections::BTreeMap<String, usize>,
+}
+
+/// TapPass on gitleaks' literal samples.
+fn gitleaks_samples(
+    rs: &RuleSet,
+    rows: &[serde_json::Value],
+    catalog: &gitleaks::Catalog,
+    detail: bool,
+) -> Result<SampleCounts> {
+    let mut c = SampleCounts::default();
+    let is_secret = |t: &str| -> Result<bool> {
+        Ok(rs.scan(t)?.iter().any(|f| f.category == Category::Secret))
+    };
+    // A negative of one rule that is verbatim a positive sample of another
+    // (e.g. an admin key listed as "not a user key") is not a negative.
+    let positives: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|r| r["expect"] == "secret")
+        .filter_map(|r| r["text"].as_str())
+        .collect();
+    for (ix, r) in rows.iter().enumerate() {
+        let text = r["text"].as_str().unwrap_or("");
+        // gitleaks builds some positives from a prefix, a length and a
+        // suffix: the prefix row is followed by a bare number.
+        let next_is_length = rows
+            .get(ix + 1)
+            .and_then(|n| n["text"].as_str())
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if r["expect"] == "secret" {
+            if is_fragment(text) || next_is_length {
+                c.skipped += 1;
+                continue;
+            }
+            c.p += 1;
+            if is_secret(text)? {
+                c.tp += 1;
+            } else {
+                c.missed.push(format!("{}: {:.80}", r["rule"], text));
+                if detail {
+                    eprintln!("MISS {}: {:?}", r["rule"], text);
+                }
+            }
+            continue;
+        }
+        if positives.contains(text) {
+            c.cross += 1;
+            continue;
+        }
+        // Excluded only when another rule reports it: where the sample's
+        // own rule reports it too, this evaluation of the catalog disagrees
+        // with the catalog's label, and the sample stays a negative.
+        let own = r["rule"].as_str().unwrap_or("?");
+        let reported = catalog.reporting_rules(text);
+        if !reported.is_empty() && !reported.contains(&own) {
+            c.catalog_cross.push(format!(
+                "{own} negative by {}{}",
+                reported.join("+"),
+                if is_secret(text)? {
+                    ", flagged by TapPass"
+                } else {
+                    ""
+                }
+            ));
+            continue;
+        }
+        c.n += 1;
+        if is_secret(text)? {
+            c.fp += 1;
+            for f in rs.scan(text)? {
+                if f.category == Category::Secret {
+                    *c.fp_rules.entry(f.rule_id.to_string()).or_insert(0) += 1;
+                    if detail {
+                        eprintln!(
+                            "FP {} by {}: {:?}",
+                            r["rule"],
+                            f.rule_id,
+                            text.get(f.span.clone()).unwrap_or("")
+                        );
+                    }
                 }
             }
         }
     }
-    out
+    Ok(c)
 }
 
 fn row(name: &str, p: usize, tp: usize, n: usize, fp: usize) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use tappass_detectors::{Categories, Category, Finding, RuleSet};
+use tappass_detectors::{AllowedValues, Categories, Category, EvidenceKey, Finding, RuleSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -30,6 +30,10 @@ pub struct ScanArgs {
     /// whose score reaches this threshold as a finding.
     #[arg(long)]
     pub injection_threshold: Option<f32>,
+    /// File of values never reported as secrets, one per line (`#` starts
+    /// a comment): keys reviewed as public, such as a web app's API key.
+    #[arg(long)]
+    pub allowlist: Option<PathBuf>,
 }
 
 fn parse_category(s: &str) -> Result<Category, String> {
@@ -63,7 +67,14 @@ pub fn run(args: &ScanArgs) -> Result<u8> {
         }
         c
     };
-    let rules = RuleSet::builtin(&cats).context("building the built-in rule set")?;
+    let allowed = match &args.allowlist {
+        Some(p) => AllowedValues::parse(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        ),
+        None => AllowedValues::default(),
+    };
+    let rules = RuleSet::builtin_allowing(&cats, EvidenceKey::random(), allowed)
+        .context("building the built-in rule set")?;
     let inputs: Vec<(String, Vec<u8>)> = if args.paths.is_empty()
         || args.paths.iter().any(|p| p.as_os_str() == "-") && args.paths.len() == 1
     {
