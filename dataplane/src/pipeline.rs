@@ -80,10 +80,11 @@ static RULES: OnceLock<Result<RuleSet, String>> = OnceLock::new();
 static RULES_WITH_EXFIL: OnceLock<Result<RuleSet, String>> = OnceLock::new();
 
 /// Rule sets built for a configured `allowed_secrets` list, by exfiltration
-/// flag and list: compiled once per distinct list, so a reload with the same
-/// list compiles nothing.
+/// flag and list: a reload with the same list compiles nothing. The last
+/// few are kept (states in use hold their own reference).
 type AllowingRules = Vec<((bool, Vec<String>), Result<RuleSet, String>)>;
 static RULES_ALLOWING: Mutex<AllowingRules> = Mutex::new(Vec::new());
+const RULES_ALLOWING_KEPT: usize = 4;
 
 pub(crate) fn shared_rules() -> Result<RuleSet, String> {
     rule_set(false, &[])
@@ -125,6 +126,9 @@ fn rule_set(exfil: bool, allowed: &[String]) -> Result<RuleSet, String> {
             AllowedValues::from_values(allowed),
         )
         .map_err(|e| e.to_string());
+        if cache.len() >= RULES_ALLOWING_KEPT {
+            drop(cache.remove(0));
+        }
         cache.push(((exfil, allowed.to_vec()), built.clone()));
         return built;
     }
