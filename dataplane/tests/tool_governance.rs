@@ -79,15 +79,26 @@ fn fresh_session() -> String {
 }
 
 async fn send(gw: &Gateway, f: Format, body: &Value, session: &str) -> (u16, String, String) {
-    let r = client()
+    send_as(gw, f, body, KEY, Some(session)).await
+}
+
+/// `send` with another bearer credential (an agent key, a capability
+/// token), in a session of the gateway's choosing when `session` is `None`.
+async fn send_as(
+    gw: &Gateway,
+    f: Format,
+    body: &Value,
+    bearer: &str,
+    session: Option<&str>,
+) -> (u16, String, String) {
+    let mut req = client()
         .post(gw.url(path(f)))
-        .bearer_auth(KEY)
-        .header("anthropic-version", "2023-06-01")
-        .header("x-tappass-session", session)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+        .bearer_auth(bearer)
+        .header("anthropic-version", "2023-06-01");
+    if let Some(s) = session {
+        req = req.header("x-tappass-session", s);
+    }
+    let r = req.json(body).send().await.unwrap();
     let status = r.status().as_u16();
     let code = r
         .headers()
@@ -603,25 +614,8 @@ async fn a_tokens_tool_scope_holds_without_guardrails() {
         },
     );
     let send = |f: Format, body: Value| {
-        let token = token.clone();
-        let url = gw.url(path(f));
-        async move {
-            let r = client()
-                .post(url)
-                .bearer_auth(token)
-                .header("anthropic-version", "2023-06-01")
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let code = r
-                .headers()
-                .get("x-tappass-error-code")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default();
-            (status, code, r.text().await.unwrap())
-        }
+        let (gw, token) = (&gw, token.clone());
+        async move { send_as(gw, f, &body, &token, None).await }
     };
     let mut rows_expected = 0;
     for f in FORMATS {
@@ -781,25 +775,8 @@ async fn tool_calls_needing_approval_wait_for_a_person() {
         &[("refund-bot", agent_key)],
     );
     let send = |f: Format, body: Value| {
-        let url = gw.url(path(f));
-        async move {
-            let r = client()
-                .post(url)
-                .bearer_auth(agent_key)
-                .header("anthropic-version", "2023-06-01")
-                .header("x-tappass-session", fresh_session())
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let code = r
-                .headers()
-                .get("x-tappass-error-code")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default();
-            (status, code, r.text().await.unwrap())
-        }
+        let gw = &gw;
+        async move { send_as(gw, f, &body, agent_key, Some(&fresh_session())).await }
     };
     let admin = |path: String| {
         let url = gw.admin_url(&path);
@@ -842,14 +819,7 @@ async fn tool_calls_needing_approval_wait_for_a_person() {
             assert!(got.2.contains(&id), "{f:?}: {}", got.2);
             // Still waiting: refused again.
             refused(f, stream, &send(f, body.clone()).await, "approval_required");
-            let listed: Value = client()
-                .get(gw.admin_url("/approvals"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let listed = get_json(&gw.admin_url("/approvals")).await;
             let entry = listed["approvals"]
                 .as_array()
                 .unwrap()

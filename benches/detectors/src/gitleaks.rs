@@ -13,6 +13,7 @@
 use anyhow::{Context, Result};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
+use tappass_detectors::validators::shannon_entropy;
 
 #[derive(Deserialize)]
 struct File {
@@ -198,25 +199,6 @@ impl Allowlist {
     }
 }
 
-/// gitleaks' Shannon entropy: over characters, divided by the byte length.
-fn entropy(s: &str) -> f64 {
-    if s.is_empty() {
-        return 0.0;
-    }
-    let mut counts = std::collections::HashMap::new();
-    for c in s.chars() {
-        *counts.entry(c).or_insert(0usize) += 1;
-    }
-    let n = s.len() as f64;
-    counts
-        .values()
-        .map(|&c| {
-            let p = c as f64 / n;
-            -p * p.log2()
-        })
-        .sum()
-}
-
 impl Catalog {
     pub fn parse(text: &str) -> Result<Catalog> {
         let file: File = toml::from_str(text).context("parsing gitleaks.toml")?;
@@ -304,7 +286,8 @@ impl Catalog {
                 matched.to_string()
             };
             if let Some(min) = rule.entropy {
-                if entropy(&secret) <= min {
+                // gitleaks counts characters, TapPass bytes: the same on ASCII values
+                if shannon_entropy(&secret) <= min {
                     continue;
                 }
                 if rule.id.starts_with("generic") && !secret.bytes().any(|b| b.is_ascii_digit()) {

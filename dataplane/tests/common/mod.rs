@@ -257,15 +257,20 @@ pub fn audit_rows(dir: &std::path::Path) -> Vec<tappass_audit::AuditRecord> {
 /// What the mock provider received, one object per request (`path`,
 /// `body`, ...), oldest first.
 pub async fn mock_requests(mock: &Proc) -> Vec<serde_json::Value> {
-    let v: serde_json::Value = client()
-        .get(format!("{}/__mock/requests", mock.url()))
+    let v = get_json(&format!("{}/__mock/requests", mock.url())).await;
+    v["requests"].as_array().cloned().unwrap_or_default()
+}
+
+/// GET a URL and parse its JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
         .send()
         .await
-        .unwrap()
+        .expect("request sent")
         .json()
         .await
-        .unwrap();
-    v["requests"].as_array().cloned().unwrap_or_default()
+        .expect("a JSON body")
 }
 
 /// The request bodies the mock received, parsed.
