@@ -151,7 +151,9 @@ async fn pushed_identity_is_verified_swapped_persisted_and_expires_closed() {
     let signer = SnapshotSigner::from_seed([7u8; 32]);
     let public = hex::encode(signer.verifying_key().as_bytes());
     let cache = SnapshotCache::new();
-    let ttl = Duration::from_secs(6);
+    // Long enough for every step up to the control plane's shutdown on a
+    // busy two-core machine, short enough to wait out below.
+    let ttl = Duration::from_secs(12);
     set_keys(&cache, keys_resource(&signer, 1, ttl), "1");
     let mut cp = ControlPlane::start(cache.clone(), "127.0.0.1:0".parse().unwrap());
     let cp_addr = cp.addr;
@@ -284,7 +286,7 @@ async fn pushed_identity_is_verified_swapped_persisted_and_expires_closed() {
         "still within the TTL"
     );
     let mut refused = (0, String::new());
-    for _ in 0..120 {
+    for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         refused = call_with(&gw, PUSHED_KEY).await;
         if refused.0 == 503 {
