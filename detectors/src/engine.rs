@@ -513,8 +513,6 @@ impl RuleSet {
                 .unwrap_or_else(|| "<database>".into()),
             message: e.message,
         };
-        let block_db = Database::compile(&exprs, hs::Mode::Block).map_err(map_err)?;
-        let stream_db = Database::compile(&exprs, hs::Mode::Stream).map_err(map_err)?;
         let inj: Vec<(hs::Expr<'_>, u32)> = compiled
             .iter()
             .enumerate()
@@ -530,6 +528,24 @@ impl RuleSet {
                 )
             })
             .collect();
+        let inj_exprs: Vec<hs::Expr<'_>> = inj
+            .iter()
+            .map(|(e, _)| hs::Expr {
+                pattern: e.pattern,
+                id: e.id,
+                caseless: e.caseless,
+            })
+            .collect();
+        // The three databases are independent: compiling them side by side
+        // cuts a rule set's build time (what a policy swap that turns a
+        // detector on waits for) where cores are free.
+        let (block_db, stream_db, inj_db) = compile_concurrently(
+            || Database::compile(&exprs, hs::Mode::Block),
+            || Database::compile(&exprs, hs::Mode::Stream),
+            || (!inj_exprs.is_empty()).then(|| Database::compile(&inj_exprs, hs::Mode::Block)),
+        );
+        let block_db = block_db.map_err(map_err)?;
+        let stream_db = stream_db.map_err(map_err)?;
         let map_err = |e: hs::HsError| BuildError::Hyperscan {
             id: e
                 .expression
@@ -539,22 +555,12 @@ impl RuleSet {
                 .unwrap_or_else(|| "<database>".into()),
             message: e.message,
         };
-        let injection_db = if inj.is_empty() {
-            None
-        } else {
-            let ids: Vec<u32> = inj.iter().map(|(_, i)| *i).collect();
-            let ex: Vec<hs::Expr<'_>> = inj
-                .iter()
-                .map(|(e, _)| hs::Expr {
-                    pattern: e.pattern,
-                    id: e.id,
-                    caseless: e.caseless,
-                })
-                .collect();
-            Some((
-                Database::compile(&ex, hs::Mode::Block).map_err(map_err)?,
-                ids,
-            ))
+        let injection_db = match inj_db {
+            None => None,
+            Some(db) => Some((
+                db.map_err(map_err)?,
+                inj.iter().map(|(_, i)| *i).collect::<Vec<u32>>(),
+            )),
         };
         let hs_err = |e: hs::HsError| BuildError::Hyperscan {
             id: "<scratch>".into(),
@@ -910,6 +916,28 @@ impl RuleSet {
     pub(crate) fn rule(&self, ix: u32) -> &CompiledRule {
         &self.inner.rules[ix as usize]
     }
+}
+
+/// Run three builds, the last two on threads of their own (on this one when
+/// no thread can be started); returns their results in order.
+fn compile_concurrently<A, B: Send, C: Send>(
+    a: impl FnOnce() -> A,
+    b: impl Fn() -> B + Sync,
+    c: impl Fn() -> C + Sync,
+) -> (A, B, C) {
+    std::thread::scope(|s| {
+        let (b, c) = (&b, &c);
+        let start = || std::thread::Builder::new().name("tappass-hs-compile".into());
+        let hb = start().spawn_scoped(s, b).ok();
+        let hc = start().spawn_scoped(s, c).ok();
+        let ra = a();
+        fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        }
+        let rb = hb.map_or_else(b, join);
+        let rc = hc.map_or_else(c, join);
+        (ra, rb, rc)
+    })
 }
 
 fn decode_as(kind: Decode, value: &str) -> Option<String> {

@@ -3,6 +3,9 @@
 //! Pure (no I/O): rule sets are compiled from embedded data files in
 //! `detectors/rules/` into Hyperscan databases, and scanned in block mode
 //! ([`RuleSet::scan`]) or chunk by chunk ([`RuleSet::stream_scanner`]).
+//! A rule set's three databases (block, stream, injection phrases) compile
+//! side by side on threads of their own; building one is what a policy swap
+//! that turns a detector on waits for.
 //! Detectors report [`Finding`]s; deciding allow/deny is the pipeline's job.
 //!
 //! # Pipeline of one scan
