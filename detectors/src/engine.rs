@@ -513,29 +513,19 @@ impl RuleSet {
                 .unwrap_or_else(|| "<database>".into()),
             message: e.message,
         };
-        let inj: Vec<(hs::Expr<'_>, u32)> = compiled
+        let (inj_exprs, inj_rules): (Vec<hs::Expr<'_>>, Vec<u32>) = compiled
             .iter()
             .enumerate()
             .filter(|(_, r)| r.category == Category::Injection)
             .map(|(i, _)| {
-                (
-                    hs::Expr {
-                        pattern: &full_patterns[i],
-                        id: i as u32,
-                        caseless: true,
-                    },
-                    i as u32,
-                )
+                let e = hs::Expr {
+                    pattern: &full_patterns[i],
+                    id: i as u32,
+                    caseless: true,
+                };
+                (e, i as u32)
             })
-            .collect();
-        let inj_exprs: Vec<hs::Expr<'_>> = inj
-            .iter()
-            .map(|(e, _)| hs::Expr {
-                pattern: e.pattern,
-                id: e.id,
-                caseless: e.caseless,
-            })
-            .collect();
+            .unzip();
         // The three databases are independent: compiling them side by side
         // cuts a rule set's build time (what a policy swap that turns a
         // detector on waits for) where cores are free.
@@ -549,18 +539,15 @@ impl RuleSet {
         let map_err = |e: hs::HsError| BuildError::Hyperscan {
             id: e
                 .expression
-                .and_then(|i| inj.get(i))
-                .and_then(|x| compiled.get(x.1 as usize))
+                .and_then(|i| inj_rules.get(i))
+                .and_then(|&r| compiled.get(r as usize))
                 .map(|r| r.id.to_string())
                 .unwrap_or_else(|| "<database>".into()),
             message: e.message,
         };
         let injection_db = match inj_db {
             None => None,
-            Some(db) => Some((
-                db.map_err(map_err)?,
-                inj.iter().map(|(_, i)| *i).collect::<Vec<u32>>(),
-            )),
+            Some(db) => Some((db.map_err(map_err)?, inj_rules)),
         };
         let hs_err = |e: hs::HsError| BuildError::Hyperscan {
             id: "<scratch>".into(),
