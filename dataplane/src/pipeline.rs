@@ -102,12 +102,16 @@ pub fn warm_rules_in_background() {
         });
 }
 
+/// The gateway scores injection on its own ([`RuleSet::score_injection`])
+/// and never reads injection findings from a scan, so its scans leave the
+/// injection phrases out.
 fn categories(exfil: bool) -> Categories {
     Categories {
         pii: true,
         secrets: true,
         injection: true,
         exfil,
+        injection_scoring_only: true,
     }
 }
 

@@ -293,7 +293,7 @@ impl RuleSet {
             .into_iter()
             .filter(|r| r.decode.is_some() || cats.contains(r.category))
             .collect();
-        Self::from_rules_allowing(chosen, key, allowed)
+        Self::build(chosen, key, allowed, !cats.injection_scoring_only)
     }
 
     /// Compile a rule set. Any rule that does not parse, is unbounded, too
@@ -307,6 +307,17 @@ impl RuleSet {
         specs: Vec<RuleSpec>,
         key: EvidenceKey,
         allowed: AllowedValues,
+    ) -> Result<RuleSet, BuildError> {
+        Self::build(specs, key, allowed, true)
+    }
+
+    /// Compile `specs`; with `scan_injection` false, injection rules go to
+    /// the injection database only (see [`Categories::injection_scoring_only`]).
+    fn build(
+        specs: Vec<RuleSpec>,
+        key: EvidenceKey,
+        allowed: AllowedValues,
+        scan_injection: bool,
     ) -> Result<RuleSet, BuildError> {
         if specs.iter().all(|s| s.decode.is_some()) {
             return Err(BuildError::Empty);
@@ -434,8 +445,12 @@ impl RuleSet {
         }
         // Rules with the same prefilter share one Hyperscan expression (a
         // shared trigger such as a run of digits); a report fans out to all.
+        let scanned = |r: &CompiledRule| scan_injection || r.category != Category::Injection;
         let mut groups: Vec<(&str, bool, Vec<u32>)> = Vec::new();
         for (i, (p, c)) in hs_patterns.iter().enumerate() {
+            if !scanned(&compiled[i]) {
+                continue;
+            }
             match groups.iter_mut().find(|g| g.0 == p && g.1 == *c) {
                 Some(g) => g.2.push(i as u32),
                 None => groups.push((p, *c, vec![i as u32])),
@@ -558,7 +573,12 @@ impl RuleSet {
         if let Some((db, _)) = &injection_db {
             db.grow_scratch(&mut scratch).map_err(hs_err)?;
         }
-        let mut hold_back = compiled.iter().map(|r| r.hs_max_len).max().unwrap_or(0);
+        let mut hold_back = compiled
+            .iter()
+            .filter(|r| scanned(r))
+            .map(|r| r.hs_max_len)
+            .max()
+            .unwrap_or(0);
         if !triggers.is_empty() {
             // a streaming scan rescans this much of the held text
             hold_back = hold_back.max(crate::trigger::LOOKBACK);

@@ -355,7 +355,12 @@ fn collapse_spaced_ascii_letters(chars: &[u8]) -> Vec<u8> {
 /// [`normalize_for_injection`] for any text.
 fn normalize_any_for_injection(text: &str) -> String {
     let mut folded = String::with_capacity(text.len());
-    for c in text.nfkc() {
+    for c in nfkc_non_ascii(text).chars() {
+        if c.is_ascii() {
+            // never invisible, never a homoglyph
+            folded.push(c.to_ascii_lowercase());
+            continue;
+        }
         if is_invisible(c) {
             continue;
         }
@@ -364,6 +369,45 @@ fn normalize_any_for_injection(text: &str) -> String {
             folded.push(l);
         }
     }
+    // Mostly-ASCII text (an accent or a curly quote in a long prompt) is
+    // often all ASCII once folded.
+    if folded.is_ascii() {
+        return normalize_ascii_for_injection(folded.as_bytes());
+    }
+    fold_leet_and_spacing(&folded)
+}
+
+/// NFKC of `text`, computed only on the stretches around non-ASCII
+/// characters. An ASCII character is a starter that NFKC leaves alone and
+/// that never ends a composition, so the text splits before every ASCII
+/// character; each run of non-ASCII characters is normalized together with
+/// the ASCII character before it, which may compose with it (as `e` does
+/// with a combining acute accent).
+fn nfkc_non_ascii(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let Some(k) = b[i..].iter().position(|c| !c.is_ascii()) else {
+            out.push_str(&text[i..]);
+            break;
+        };
+        // the ASCII character before the first non-ASCII one goes with it
+        let start = if k > 0 { i + k - 1 } else { i };
+        out.push_str(&text[i..start]);
+        let end = b[i + k..]
+            .iter()
+            .position(u8::is_ascii)
+            .map_or(b.len(), |e| i + k + e);
+        out.extend(text[start..end].nfkc());
+        i = end;
+    }
+    out
+}
+
+/// The leetspeak, whitespace and spaced-letter folding of
+/// [`normalize_for_injection`] on NFKC-folded, lower-cased text.
+fn fold_leet_and_spacing(folded: &str) -> String {
     // leetspeak inside words: a digit/symbol adjacent to a letter
     let chars: Vec<char> = folded.chars().collect();
     let mut out = String::with_capacity(folded.len());
@@ -518,8 +562,50 @@ mod tests {
             let s: String = s.into_iter().collect();
             prop_assert_eq!(
                 normalize_ascii_for_injection(s.as_bytes()),
-                normalize_any_for_injection(&s)
+                fold_leet_and_spacing(&s.to_ascii_lowercase())
             );
+        }
+
+        /// NFKC on the non-ASCII stretches only equals NFKC of the whole.
+        #[test]
+        fn piecewise_nfkc_is_nfkc(
+            s in proptest::collection::vec(
+                prop_oneof![
+                    4 => proptest::char::range('a', 'z'),
+                    2 => proptest::char::range('A', 'Z'),
+                    3 => proptest::char::range('\u{300}', '\u{308}'), // common accents
+                    1 => proptest::char::range('\0', '\u{7f}'),
+                    1 => proptest::char::range('\u{300}', '\u{36f}'), // combining marks
+                    1 => proptest::char::range('\u{1100}', '\u{11ff}'), // Hangul jamo
+                    1 => proptest::char::range('\u{ac00}', '\u{ac40}'), // Hangul syllables
+                    1 => proptest::char::range('\u{ff01}', '\u{ff5e}'), // fullwidth forms
+                    1 => proptest::char::range('\u{fb00}', '\u{fb06}'), // ligatures
+                    1 => proptest::char::range('\u{2000}', '\u{206f}'), // spaces, invisibles
+                    1 => proptest::char::range('\u{c0}', '\u{17f}'), // Latin with accents
+                    1 => proptest::char::range('\u{3099}', '\u{309a}'), // kana voicing marks
+                    1 => proptest::char::range('\u{1d400}', '\u{1d4ff}'), // math letters
+                    1 => proptest::char::any(),
+                ],
+                0..48,
+            )
+        ) {
+            let s: String = s.into_iter().collect();
+            prop_assert_eq!(nfkc_non_ascii(&s), s.nfkc().collect::<String>());
+        }
+    }
+
+    /// What the piecewise NFKC relies on: no character composes with an
+    /// ASCII character that follows it, and ASCII characters are starters.
+    #[test]
+    fn ascii_never_ends_a_composition() {
+        use unicode_normalization::char::{canonical_combining_class, compose};
+        for a in (0u8..0x80).map(char::from) {
+            assert_eq!(canonical_combining_class(a), 0);
+        }
+        for c in (0u32..=0x10FFFF).filter_map(char::from_u32) {
+            for a in (0u8..0x80).map(char::from) {
+                assert_eq!(compose(c, a), None, "{c:?} + {a:?}");
+            }
         }
     }
 

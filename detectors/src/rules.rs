@@ -57,6 +57,11 @@ pub struct Categories {
     pub secrets: bool,
     pub injection: bool,
     pub exfil: bool,
+    /// Injection rules only feed [`crate::RuleSet::score_injection`]: block
+    /// and streaming scans neither match nor report them. For callers that
+    /// score injection separately (the gateway), this keeps the injection
+    /// phrases out of every other scan.
+    pub injection_scoring_only: bool,
 }
 
 impl Categories {
@@ -66,6 +71,7 @@ impl Categories {
             secrets: true,
             injection: true,
             exfil: true,
+            injection_scoring_only: false,
         }
     }
     pub const fn none() -> Self {
@@ -74,6 +80,7 @@ impl Categories {
             secrets: false,
             injection: false,
             exfil: false,
+            injection_scoring_only: false,
         }
     }
     pub fn only(c: Category) -> Self {
