@@ -812,24 +812,19 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
         // All four categories the way the gateway runs them: a scan for
         // secrets, PII and exfiltration plus the injection score, with the
         // injection phrases in the scan too (as before) and in the score only.
-        let mut nboth = 0;
-        let both = best(&mut || {
-            nboth = 0;
-            for b in &blocks {
-                nboth += rs.scan(b)?.len();
-                nboth += rs.score_injection(b)?.rules.len();
-            }
-            Ok(())
-        })?;
-        let mut ngw = 0;
-        let gw_both = best(&mut || {
-            ngw = 0;
-            for b in &blocks {
-                ngw += gw.scan(b)?.len();
-                ngw += gw.score_injection(b)?.rules.len();
-            }
-            Ok(())
-        })?;
+        let gateway_path = |set: &RuleSet| -> Result<(f64, usize)> {
+            let mut n = 0;
+            let t = best(&mut || {
+                n = 0;
+                for b in &blocks {
+                    n += set.scan(b)?.len() + set.score_injection(b)?.rules.len();
+                }
+                Ok(())
+            })?;
+            Ok((t, n))
+        };
+        let (both, nboth) = gateway_path(rs)?;
+        let (gw_both, ngw) = gateway_path(&gw)?;
         let mut nstream = 0;
         let stream64 = best(&mut || {
             nstream = 0;
