@@ -261,7 +261,7 @@ pub fn normalize_for_scan(text: &str) -> (String, OffsetMap) {
 }
 
 /// Leetspeak folding for injection matching.
-fn fold_leet(c: char) -> char {
+const fn fold_leet(c: char) -> char {
     match c {
         '0' => 'o',
         '1' | '!' | '|' => 'i',
@@ -280,76 +280,10 @@ fn fold_leet(c: char) -> char {
 /// whitespace collapsed.
 pub fn normalize_for_injection(text: &str) -> String {
     if text.is_ascii() {
-        return normalize_ascii_for_injection(text.as_bytes());
+        // NFKC, invisible characters and homoglyphs change nothing in ASCII
+        return fold_leet_and_spacing(text);
     }
     normalize_any_for_injection(text)
-}
-
-/// [`normalize_for_injection`] for ASCII text, where NFKC, invisible
-/// characters and homoglyphs change nothing: the same folding on bytes,
-/// without decoding to `char`s (prompts are mostly ASCII, and this runs on
-/// every one).
-fn normalize_ascii_for_injection(text: &[u8]) -> String {
-    // `char::is_whitespace` on ASCII: tab, LF, VT, FF, CR and space.
-    let is_space = |b: u8| matches!(b, b'\t'..=b'\r' | b' ');
-    let mut out: Vec<u8> = Vec::with_capacity(text.len());
-    let mut last_space = false;
-    for i in 0..text.len() {
-        let c = text[i].to_ascii_lowercase();
-        let prev = if i > 0 { text[i - 1] } else { b' ' };
-        let next = text.get(i + 1).copied().unwrap_or(b' ');
-        let leet = fold_leet(c as char) as u8;
-        let c = if leet != c && (prev.is_ascii_alphabetic() || next.is_ascii_alphabetic()) {
-            leet
-        } else {
-            c
-        };
-        if is_space(c) {
-            if !last_space {
-                out.push(b' ');
-            }
-            last_space = true;
-        } else {
-            out.push(c);
-            last_space = false;
-        }
-    }
-    let collapsed = collapse_spaced_ascii_letters(&out);
-    // Only ASCII bytes were pushed, so this never takes the lossy path.
-    String::from_utf8(collapsed)
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// [`collapse_spaced_letters`] on ASCII bytes.
-fn collapse_spaced_ascii_letters(chars: &[u8]) -> Vec<u8> {
-    let alpha = |i: usize| chars[i].is_ascii_alphabetic();
-    let mut out = Vec::with_capacity(chars.len());
-    let mut i = 0;
-    while i < chars.len() {
-        let mut j = i;
-        let mut letters = 0;
-        while j < chars.len() && alpha(j) && (j + 1 >= chars.len() || !alpha(j + 1)) {
-            letters += 1;
-            if j + 2 < chars.len()
-                && matches!(chars[j + 1], b' ' | b'.' | b'-' | b'_' | b'*')
-                && alpha(j + 2)
-                && (j + 3 >= chars.len() || !alpha(j + 3))
-            {
-                j += 2;
-            } else {
-                j += 1;
-                break;
-            }
-        }
-        if letters >= 4 {
-            out.extend(chars[i..j].iter().copied().filter(u8::is_ascii_alphabetic));
-            i = j;
-        } else {
-            out.push(chars[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// [`normalize_for_injection`] for any text.
@@ -368,11 +302,6 @@ fn normalize_any_for_injection(text: &str) -> String {
         for l in c.to_lowercase() {
             folded.push(l);
         }
-    }
-    // Mostly-ASCII text (an accent or a curly quote in a long prompt) is
-    // often all ASCII once folded.
-    if folded.is_ascii() {
-        return normalize_ascii_for_injection(folded.as_bytes());
     }
     fold_leet_and_spacing(&folded)
 }
@@ -406,74 +335,161 @@ fn nfkc_non_ascii(text: &str) -> String {
 }
 
 /// The leetspeak, whitespace and spaced-letter folding of
-/// [`normalize_for_injection`] on NFKC-folded, lower-cased text.
+/// [`normalize_for_injection`] on NFKC-folded text (ASCII letters are
+/// lower-cased here). Works on the UTF-8 bytes: ASCII bytes directly, other
+/// characters decoded only where a rule asks whether they are letters or
+/// whitespace (prompts are mostly ASCII, and this runs on every one).
 fn fold_leet_and_spacing(folded: &str) -> String {
-    // leetspeak inside words: a digit/symbol adjacent to a letter
-    let chars: Vec<char> = folded.chars().collect();
-    let mut out = String::with_capacity(folded.len());
+    let s = folded.as_bytes();
+    // the folding never lengthens the text
+    let mut out = vec![0u8; s.len()];
+    let mut w = 0;
     let mut last_space = false;
-    for (i, &c) in chars.iter().enumerate() {
-        let prev = if i > 0 { chars[i - 1] } else { ' ' };
-        let next = chars.get(i + 1).copied().unwrap_or(' ');
-        let c = if (prev.is_alphabetic() || next.is_alphabetic()) && fold_leet(c) != c {
-            fold_leet(c)
-        } else {
-            c
-        };
-        if c.is_whitespace() {
-            if !last_space {
-                out.push(' ');
+    let mut prev_alpha = false;
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        if b.is_ascii() {
+            let c = b.to_ascii_lowercase();
+            let leet = LEET_ASCII[usize::from(c)];
+            // leetspeak inside words: a digit/symbol next to a letter
+            let c = if leet != 0 && (prev_alpha || alpha_at(s, i + 1)) {
+                leet
+            } else {
+                c
+            };
+            prev_alpha = b.is_ascii_alphabetic();
+            // `char::is_whitespace` on ASCII: tab, LF, VT, FF, CR and space
+            if matches!(c, b'\t'..=b'\r' | b' ') {
+                if !last_space {
+                    out[w] = b' ';
+                    w += 1;
+                }
+                last_space = true;
+            } else {
+                out[w] = c;
+                w += 1;
+                last_space = false;
             }
-            last_space = true;
+            i += 1;
         } else {
-            out.push(c);
-            last_space = false;
+            let c = char_at(s, i);
+            let len = c.len_utf8();
+            prev_alpha = c.is_alphabetic();
+            if c.is_whitespace() {
+                if !last_space {
+                    out[w] = b' ';
+                    w += 1;
+                }
+                last_space = true;
+            } else {
+                out[w..w + len].copy_from_slice(&s[i..i + len]);
+                w += len;
+                last_space = false;
+            }
+            i += len;
         }
     }
-    collapse_spaced_letters(&out)
+    out.truncate(w);
+    collapse_spaced_letters(&mut out);
+    // Whole characters were copied, so this never takes the lossy path.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// [`fold_leet`] of each ASCII byte, 0 where it changes nothing.
+static LEET_ASCII: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 128 {
+        let l = fold_leet(i as u8 as char);
+        if l != i as u8 as char {
+            t[i] = l as u8;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// Length of the UTF-8 character whose first byte is `lead`.
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0..=0x7F => 1,
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        _ => 4,
+    }
+}
+
+/// The character starting at byte `i` of valid UTF-8.
+fn char_at(s: &[u8], i: usize) -> char {
+    let len = utf8_len(s[i]);
+    std::str::from_utf8(&s[i..(i + len).min(s.len())])
+        .ok()
+        .and_then(|c| c.chars().next())
+        .unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+/// Whether a letter starts at byte `i` (false past the end).
+fn alpha_at(s: &[u8], i: usize) -> bool {
+    match s.get(i) {
+        None => false,
+        Some(b) if b.is_ascii() => b.is_ascii_alphabetic(),
+        Some(_) => char_at(s, i).is_alphabetic(),
+    }
 }
 
 /// "i g n o r e   a l l" / "i.g.n.o.r.e" -> "ignore all": runs of ≥ 4 single
-/// letters separated by one separator are joined.
-fn collapse_spaced_letters(s: &str) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    let mut out = String::with_capacity(s.len());
+/// letters separated by one separator are joined. In place, on UTF-8 bytes
+/// (every position is a character boundary).
+fn collapse_spaced_letters(s: &mut Vec<u8>) {
+    let n = s.len();
+    let after = |s: &[u8], p: usize| p + s.get(p).map_or(1, |&b| utf8_len(b));
+    let mut w = 0;
     let mut i = 0;
-    while i < chars.len() {
-        // detect run: L sep L sep L sep L
-        let mut j = i;
-        let mut letters = 0;
-        while j < chars.len()
-            && chars[j].is_alphabetic()
-            && (j + 1 >= chars.len() || !chars[j + 1].is_alphabetic())
-        {
-            letters += 1;
-            if j + 2 < chars.len()
-                && matches!(chars[j + 1], ' ' | '.' | '-' | '_' | '*')
-                && chars[j + 2].is_alphabetic()
-                && (j + 3 >= chars.len() || !chars[j + 3].is_alphabetic())
-            {
-                j += 2;
-            } else {
-                j += 1;
-                break;
-            }
-        }
-        if letters >= 4 {
-            let mut k = i;
-            while k < j {
-                if chars[k].is_alphabetic() {
-                    out.push(chars[k]);
+    while i < n {
+        let next = after(s, i);
+        // a run starts at a single letter: a letter not followed by one
+        if alpha_at(s, i) && !alpha_at(s, next) {
+            // detect run: L sep L sep L sep L
+            let mut j = i;
+            let mut letters = 0;
+            while alpha_at(s, j) && !alpha_at(s, after(s, j)) {
+                letters += 1;
+                let j1 = after(s, j);
+                let j2 = after(s, j1);
+                let sep = s
+                    .get(j1)
+                    .is_some_and(|b| matches!(b, b' ' | b'.' | b'-' | b'_' | b'*'));
+                if sep && alpha_at(s, j2) && !alpha_at(s, after(s, j2)) {
+                    j = j2;
+                } else {
+                    j = j1;
+                    break;
                 }
-                k += 1;
             }
-            i = j;
-        } else {
-            out.push(chars[i]);
-            i += 1;
+            if letters >= 4 {
+                let mut k = i;
+                while k < j {
+                    let e = after(s, k);
+                    if alpha_at(s, k) {
+                        s.copy_within(k..e, w);
+                        w += e - k;
+                    }
+                    k = e;
+                }
+                i = j;
+                continue;
+            }
         }
+        if next == i + 1 {
+            s[w] = s[i];
+        } else {
+            s.copy_within(i..next, w);
+        }
+        w += next - i;
+        i = next;
     }
-    out
+    s.truncate(w);
 }
 
 /// Try to decode an encoded blob (base64 standard/URL-safe, hex,
@@ -544,26 +560,108 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    // The character-buffer implementation the byte-level one replaced:
+    // the specification it is checked against.
+    /// The leetspeak, whitespace and spaced-letter folding of
+    /// [`normalize_for_injection`] on NFKC-folded, lower-cased text.
+    fn reference_fold_leet_and_spacing(folded: &str) -> String {
+        // leetspeak inside words: a digit/symbol adjacent to a letter
+        let chars: Vec<char> = folded.chars().collect();
+        let mut out = String::with_capacity(folded.len());
+        let mut last_space = false;
+        for (i, &c) in chars.iter().enumerate() {
+            let prev = if i > 0 { chars[i - 1] } else { ' ' };
+            let next = chars.get(i + 1).copied().unwrap_or(' ');
+            let c = if (prev.is_alphabetic() || next.is_alphabetic()) && fold_leet(c) != c {
+                fold_leet(c)
+            } else {
+                c
+            };
+            if c.is_whitespace() {
+                if !last_space {
+                    out.push(' ');
+                }
+                last_space = true;
+            } else {
+                out.push(c);
+                last_space = false;
+            }
+        }
+        reference_collapse_spaced_letters(&out)
+    }
+
+    /// "i g n o r e   a l l" / "i.g.n.o.r.e" -> "ignore all": runs of ≥ 4 single
+    /// letters separated by one separator are joined.
+    fn reference_collapse_spaced_letters(s: &str) -> String {
+        let chars: Vec<char> = s.chars().collect();
+        let mut out = String::with_capacity(s.len());
+        let mut i = 0;
+        while i < chars.len() {
+            // detect run: L sep L sep L sep L
+            let mut j = i;
+            let mut letters = 0;
+            while j < chars.len()
+                && chars[j].is_alphabetic()
+                && (j + 1 >= chars.len() || !chars[j + 1].is_alphabetic())
+            {
+                letters += 1;
+                if j + 2 < chars.len()
+                    && matches!(chars[j + 1], ' ' | '.' | '-' | '_' | '*')
+                    && chars[j + 2].is_alphabetic()
+                    && (j + 3 >= chars.len() || !chars[j + 3].is_alphabetic())
+                {
+                    j += 2;
+                } else {
+                    j += 1;
+                    break;
+                }
+            }
+            if letters >= 4 {
+                let mut k = i;
+                while k < j {
+                    if chars[k].is_alphabetic() {
+                        out.push(chars[k]);
+                    }
+                    k += 1;
+                }
+                i = j;
+            } else {
+                out.push(chars[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
     proptest! {
-        /// The ASCII path folds exactly as the general one.
+        /// The byte-level folding equals the reference, on ASCII text and
+        /// on text with other letters, spaces and symbols.
         #[test]
-        fn ascii_path_matches_general_path(
+        fn leet_and_spacing_match_the_reference(
             s in proptest::collection::vec(
                 prop_oneof![
-                    Just(' '), Just('\t'), Just('\n'), Just('\u{0B}'), Just('.'), Just('-'),
-                    Just('_'), Just('*'), Just('0'), Just('1'), Just('!'), Just('|'),
-                    Just('3'), Just('4'), Just('@'), Just('5'), Just('$'), Just('7'),
-                    Just('+'), Just('8'), proptest::char::range('a', 'e'),
-                    proptest::char::range('A', 'E'), proptest::char::range('\0', '\u{7f}'),
+                    4 => proptest::char::range('a', 'e').prop_map(String::from),
+                    1 => proptest::char::range('A', 'E').prop_map(String::from),
+                    2 => proptest::char::range('\u{e0}', '\u{e4}').prop_map(String::from),
+                    1 => proptest::char::range('\u{3b1}', '\u{3b3}').prop_map(String::from),
+                    3 => proptest::sample::select(vec![" ", ".", "-", "_", "*"]).prop_map(String::from),
+                    2 => proptest::sample::select(vec!["0", "1", "3", "4", "@", "$", "|", "7", "+", "8", "5", "!"]).prop_map(String::from),
+                    1 => proptest::sample::select(vec!["\u{85}", "\u{2028}", "\u{1680}", "\t", "\n", "\u{0B}", "  "]).prop_map(String::from),
+                    1 => proptest::sample::select(vec!["\u{2019}", "\u{1f600}", "\u{4e2d}", "\u{301}"]).prop_map(String::from),
+                    // spaced letters: runs of three, four and more single letters
+                    2 => proptest::sample::select(vec![
+                        "a b c", "a b c d", "i g n o r e", "a*b*c*d", "a.b.c.d.e", "a_b-c d",
+                        "é t à s", "1 g n 0 r e", "a  b c d", "ab c d e", "a b c de",
+                    ]).prop_map(String::from),
+                    1 => proptest::char::range('\0', '\u{7f}').prop_map(String::from),
+                    1 => proptest::char::any().prop_map(String::from),
                 ],
-                0..64,
+                0..40,
             )
         ) {
-            let s: String = s.into_iter().collect();
-            prop_assert_eq!(
-                normalize_ascii_for_injection(s.as_bytes()),
-                fold_leet_and_spacing(&s.to_ascii_lowercase())
-            );
+            let s: String = s.concat();
+            let lower: String = s.chars().map(|c| c.to_ascii_lowercase()).collect();
+            prop_assert_eq!(fold_leet_and_spacing(&s), reference_fold_leet_and_spacing(&lower));
         }
 
         /// NFKC on the non-ASCII stretches only equals NFKC of the whole.
