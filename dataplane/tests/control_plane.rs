@@ -120,20 +120,12 @@ fn set_keys(cache: &SnapshotCache, res: Resource, version: &str) {
 }
 
 async fn call_with(gw: &Gateway, key: &str) -> (u16, String) {
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(key)
+    let r = request_as(gw, "/v1/chat/completions", key)
         .json(&chat("m", "pushed identity", false))
         .send()
         .await
         .unwrap();
-    let status = r.status().as_u16();
-    let code = r
-        .headers()
-        .get("x-tappass-error-code")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status, code)
+    (r.status().as_u16(), error_code(&r))
 }
 
 fn gateway_config(mock: &Proc, cp: SocketAddr, public: &str, state: &std::path::Path) -> String {

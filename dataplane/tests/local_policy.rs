@@ -31,19 +31,12 @@ fn policy(version: u64, pii: &str, key: &SecretKeyFile) -> String {
 }
 
 async fn call(gw: &Gateway, key: &str) -> (u16, String) {
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(key)
+    let r = request_as(gw, "/v1/chat/completions", key)
         .json(&chat("m", "write to jane.doe@example.com please", false))
         .send()
         .await
         .unwrap();
-    let code = r
-        .headers()
-        .get("x-tappass-error-code")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (r.status().as_u16(), code)
+    (r.status().as_u16(), error_code(&r))
 }
 
 async fn last_upstream_body(mock: &Proc) -> String {

@@ -123,20 +123,17 @@ fn request(f: Format, text: &str, tool_result: Option<&str>, stream: bool) -> Va
 }
 
 async fn send(gw: &Gateway, f: Format, body: &Value) -> (u16, String, String) {
-    let r = client()
-        .post(gw.url(path(f)))
-        .bearer_auth(AGENT_KEY)
+    send_as(gw, f, body, AGENT_KEY).await
+}
+
+async fn send_as(gw: &Gateway, f: Format, body: &Value, bearer: &str) -> (u16, String, String) {
+    let r = request_as(gw, path(f), bearer)
         .header("anthropic-version", "2023-06-01")
         .json(body)
         .send()
         .await
         .unwrap();
-    let status = r.status().as_u16();
-    let code = r
-        .headers()
-        .get("x-tappass-error-code")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let (status, code) = (r.status().as_u16(), error_code(&r));
     (status, code, r.text().await.unwrap())
 }
 
@@ -378,16 +375,9 @@ async fn exfiltration_is_refused_in_prompts_and_stopped_or_logged_in_responses()
     for f in FORMATS {
         for stream in [false, true] {
             script(&s.mock, json!([{"reply": reply, "chunk_size": 5}])).await;
-            let r = client()
-                .post(s.gw.url(path(f)))
-                .bearer_auth(LOG_AGENT_KEY)
-                .header("anthropic-version", "2023-06-01")
-                .json(&request(f, "draw", None, stream))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "{f:?}");
-            let body = r.text().await.unwrap();
+            let (status, _, body) =
+                send_as(&s.gw, f, &request(f, "draw", None, stream), LOG_AGENT_KEY).await;
+            assert_eq!(status, 200, "{f:?}");
             let text = if stream { stream_text(&body) } else { body };
             assert!(text.contains(EXFIL_DATA), "{f:?}: {text}");
         }

@@ -39,19 +39,12 @@ fn claims() -> Claims {
 }
 
 async fn call(gw: &Gateway, token: &str, model: &str) -> (u16, Value, String) {
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(token)
+    let r = request_as(gw, "/v1/chat/completions", token)
         .json(&chat(model, "hello with a token", false))
         .send()
         .await
         .unwrap();
-    let status = r.status().as_u16();
-    let code = r
-        .headers()
-        .get("x-tappass-error-code")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let (status, code) = (r.status().as_u16(), error_code(&r));
     (status, r.json().await.unwrap(), code)
 }
 
@@ -151,9 +144,8 @@ async fn tokens_are_verified_offline_and_refusals_are_precise() {
     assert_eq!(s, 403);
     assert_eq!(body["error"]["code"], "model_not_allowed");
     // Anthropic callers get Anthropic's error shape, the code in a header.
-    let r = client()
-        .post(gw.url("/v1/messages"))
-        .bearer_auth(with(&|c| c.sandbox = Some("sb-revoked".into())))
+    let revoked = with(&|c| c.sandbox = Some("sb-revoked".into()));
+    let r = request_as(&gw, "/v1/messages", &revoked)
         .json(&json!({"model": "mock-claude", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}))
         .send()
         .await

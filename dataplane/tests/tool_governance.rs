@@ -91,20 +91,12 @@ async fn send_as(
     bearer: &str,
     session: Option<&str>,
 ) -> (u16, String, String) {
-    let mut req = client()
-        .post(gw.url(path(f)))
-        .bearer_auth(bearer)
-        .header("anthropic-version", "2023-06-01");
+    let mut req = request_as(gw, path(f), bearer).header("anthropic-version", "2023-06-01");
     if let Some(s) = session {
         req = req.header("x-tappass-session", s);
     }
     let r = req.json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let code = r
-        .headers()
-        .get("x-tappass-error-code")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let (status, code) = (r.status().as_u16(), error_code(&r));
     (status, code, r.text().await.unwrap())
 }
 

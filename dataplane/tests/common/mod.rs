@@ -183,13 +183,25 @@ pub fn chat(model: &str, text: &str, stream: bool) -> serde_json::Value {
 
 /// POST a JSON body with the test key.
 pub async fn post(gw: &Gateway, path: &str, body: &serde_json::Value) -> reqwest::Response {
-    client()
-        .post(gw.url(path))
-        .bearer_auth(KEY)
+    request_as(gw, path, KEY)
         .json(body)
         .send()
         .await
         .expect("request sent")
+}
+
+/// A POST to the gateway's `path` with `bearer` as the credential (an API
+/// key, an agent key or a capability token).
+pub fn request_as(gw: &Gateway, path: &str, bearer: &str) -> reqwest::RequestBuilder {
+    client().post(gw.url(path)).bearer_auth(bearer)
+}
+
+/// The gateway's `x-tappass-error-code` header, empty when it is absent.
+pub fn error_code(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-tappass-error-code")
+        .map(|v| v.to_str().expect("an ASCII error code").to_string())
+        .unwrap_or_default()
 }
 
 /// Number of calls a mock has answered.
