@@ -334,15 +334,24 @@ async fn pushed_identity_is_verified_swapped_persisted_and_expires_closed() {
         200,
         "the persisted snapshot serves with the control plane down"
     );
-    let metrics: String = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("tappass_requests_total"));
+    // A call is counted once its response has been written, which may be
+    // just after the client has read it.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("tappass_requests_total") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metrics.contains("tappass_requests_total"), "{metrics}");
 }
 
 #[test]
