@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tappass_audit::verify::{verify_dir, VerifyOptions, VerifyReport};
 use tappass_audit::Jwks;
 
@@ -77,14 +77,7 @@ async fn every_call_leaves_a_verifiable_row_with_its_steps() {
             .status(),
         404
     );
-    let head: Value = client()
-        .get(gw.admin_url("/audit/head"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let head = get_json(&gw.admin_url("/audit/head")).await;
     assert_eq!(head["seq"], 4);
     assert_eq!(head["gateway_id"], "gw-test");
     gw.proc.terminate();
@@ -293,14 +286,7 @@ async fn a_client_that_leaves_mid_stream_is_audited_with_what_it_received() {
     let mut rows = Vec::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let head: Value = client()
-            .get(gw.admin_url("/audit/head"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let head = get_json(&gw.admin_url("/audit/head")).await;
         if head["seq"] == 1 {
             gw.proc.terminate();
             rows = audit_rows(&dir);

@@ -22,14 +22,7 @@ const MODELS: &str =
     "models:\n  - name: mock-gpt\n    provider: m\n  - name: claude-haiku-4-5\n    provider: a\n";
 
 async fn budgets(gw: &Gateway) -> Value {
-    client()
-        .get(gw.admin_url("/budgets"))
-        .send()
-        .await
-        .expect("admin reachable")
-        .json()
-        .await
-        .expect("json")
+    get_json(&gw.admin_url("/budgets")).await
 }
 
 fn line<'a>(report: &'a Value, scope: &str, limit: &str) -> &'a Value {

@@ -338,14 +338,7 @@ async fn pushed_identity_is_verified_swapped_persisted_and_expires_closed() {
     // just after the client has read it.
     let mut metrics = String::new();
     for _ in 0..100 {
-        metrics = client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = get_text(&gw.admin_url("/metrics")).await;
         if metrics.contains("tappass_requests_total") {
             break;
         }

@@ -163,14 +163,7 @@ async fn circuit_breaker_opens_skips_and_half_opens() {
         2,
         "open circuit must not call the provider"
     );
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&gw.admin_url("/metrics")).await;
     assert!(
         metrics.contains("tappass_circuit_breaker_state{provider=\"first\"} 1"),
         "{metrics}"

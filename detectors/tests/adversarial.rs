@@ -1,6 +1,10 @@
 //! Streaming across chunk boundaries, evasion, redaction properties.
 
+mod common;
+
 use std::sync::OnceLock;
+
+use common::stream_in_chunks;
 
 use proptest::prelude::*;
 use tappass_detectors::{redact, Categories, EvidenceKey, Finding, RedactMode, RuleSet};
@@ -417,17 +421,7 @@ fn allowed_values_are_not_reported_in_any_mode() {
     .unwrap();
     assert_eq!(gcp(&rs.scan(&text).unwrap()), [private]);
     // streamed in small chunks, and base64-wrapped, the same holds
-    let mut s = rs.stream_scanner().unwrap();
-    let mut found = Vec::new();
-    for chunk in text.as_bytes().chunks(7) {
-        found.extend(
-            s.feed(std::str::from_utf8(chunk).unwrap())
-                .unwrap()
-                .findings,
-        );
-    }
-    found.extend(s.finish().unwrap().findings);
-    assert_eq!(gcp(&found), [private]);
+    assert_eq!(gcp(&stream_in_chunks(&rs, &text, 7)), [private]);
     use base64::Engine as _;
     let wrapped_gcp = |key: &str| {
         let b = base64::engine::general_purpose::STANDARD.encode(format!("key={key}\n"));

@@ -1,6 +1,10 @@
 //! Rule-set build, per-rule examples, per-family checks.
 
+mod common;
+
 use std::sync::OnceLock;
+
+use common::stream_in_chunks;
 
 use tappass_detectors::{testgen, Categories, Category, EvidenceKey, RuleSet, RuleSpec};
 
@@ -438,16 +442,7 @@ fn injection_scoring_only_keeps_phrases_out_of_scans() {
     };
     assert_eq!(others(all()), others(&scored_only));
     assert!(others(&scored_only).iter().any(|f| f.0 == "github-pat"));
-    let mut s = scored_only.stream_scanner().unwrap();
-    let mut streamed = Vec::new();
-    for chunk in text.as_bytes().chunks(7) {
-        streamed.extend(
-            s.feed(std::str::from_utf8(chunk).unwrap())
-                .unwrap()
-                .findings,
-        );
-    }
-    streamed.extend(s.finish().unwrap().findings);
+    let streamed = stream_in_chunks(&scored_only, text, 7);
     assert!(streamed.iter().all(|f| f.category != Category::Injection));
     assert_eq!(streamed.len(), others(&scored_only).len());
     // the injection score is the same

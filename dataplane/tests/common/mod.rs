@@ -285,6 +285,18 @@ pub async fn get_json(url: &str) -> serde_json::Value {
         .expect("a JSON body")
 }
 
+/// GET `url` and read the body as text.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("request sent")
+        .text()
+        .await
+        .expect("a text body")
+}
+
 /// The request bodies the mock received, parsed.
 pub async fn mock_bodies(mock: &Proc) -> Vec<serde_json::Value> {
     mock_requests(mock)
