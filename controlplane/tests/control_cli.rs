@@ -177,11 +177,7 @@ fn cli_reports_an_unreachable_control_plane() {
     let tf = dir.path().join("tok");
     std::fs::write(&tf, "x").unwrap();
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = tappass_testkit::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let o = tappass(&[
         "status",

@@ -10,12 +10,13 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, sibling, wait_port};
+use common::{sibling, wait_port};
 use serde_json::Value;
 use tappass_audit::chain::CheckpointKind;
 use tappass_audit::{AuditKey, WalReader};
 use tappass_controlplane::records::CreateAgent;
 use tappass_controlplane::{ControlPlane, Options};
+use tappass_testkit::free_port;
 use tappass_xds::pb::tappass::v1::{AuditHead, GatewayReport};
 use tappass_xds::{report_signing_input, send_report, Channel};
 

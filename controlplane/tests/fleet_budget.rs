@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, sibling, test_options, wait_port, Running};
+use common::{sibling, test_options, wait_port, Running};
 use serde_json::{json, Value};
 use tappass_controlplane::records::CreateAgent;
+use tappass_testkit::free_port;
 
 struct Gateway {
     child: Child,

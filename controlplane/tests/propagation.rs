@@ -22,13 +22,7 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use tappass_testkit::free_port;
 
 fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);

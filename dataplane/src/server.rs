@@ -33,6 +33,29 @@ pub enum ServerError {
     Audit { dir: PathBuf, detail: String },
     #[error("TLS setup for {listener} failed: {detail}")]
     Tls { listener: String, detail: String },
+    #[error("cannot listen on {addr} ({listener}): {source}")]
+    Listen {
+        listener: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Fail now, with the reason, when an address cannot be listened on (most
+/// often: another process holds the port). Left to itself the server would
+/// keep retrying a port in use for half a minute before giving up.
+fn check_can_listen(listener: &'static str, addr: &str) -> Result<(), ServerError> {
+    let Ok(sock) = addr.parse::<std::net::SocketAddr>() else {
+        // Not an address:port; the listener reports it when it binds.
+        return Ok(());
+    };
+    std::net::TcpListener::bind(sock)
+        .map(drop)
+        .map_err(|source| ServerError::Listen {
+            listener,
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Shared run state: whether the gateway is draining, and how many calls are
@@ -145,6 +168,8 @@ pub struct GatewayServer {
 impl GatewayServer {
     /// Build the Pingora server for `config`.
     pub fn build(config: &Config) -> Result<GatewayServer, ServerError> {
+        check_can_listen("listen", &config.listen)?;
+        check_can_listen("admin_listen", &config.admin_listen)?;
         let conf = ServerConf {
             threads: config
                 .threads
@@ -327,6 +352,7 @@ pub fn run_mock_server(
     options: MockOptions,
     threads: usize,
 ) -> Result<(), ServerError> {
+    check_can_listen("listen", listen)?;
     let conf = ServerConf {
         threads: threads.max(1),
         grace_period_seconds: Some(0),

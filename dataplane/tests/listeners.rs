@@ -1,5 +1,6 @@
-//! Listener features: TLS with HTTP/2 via ALPN, cleartext HTTP/2, and the
-//! embedded default configuration with its in-process offline provider.
+//! Listener features: TLS with HTTP/2 via ALPN, cleartext HTTP/2, a port
+//! already in use, and the embedded default configuration with its
+//! in-process offline provider.
 
 mod common;
 
@@ -82,6 +83,47 @@ async fn cleartext_http2_with_prior_knowledge() {
     // HTTP/1.1 still works on the same listener.
     let r = post(&gw, "/v1/chat/completions", &chat("m", "h1", false)).await;
     assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn a_port_in_use_stops_the_gateway_at_once_with_the_reason() {
+    for held_is_admin in [false, true] {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let held_addr = held.local_addr().unwrap().to_string();
+        let other = format!("127.0.0.1:{}", free_port());
+        let (listen, admin) = if held_is_admin {
+            (other.clone(), held_addr.clone())
+        } else {
+            (held_addr.clone(), other.clone())
+        };
+        let cwd = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_tappass-gateway"))
+            .current_dir(cwd.path())
+            .args(["--listen", &listen, "--admin-listen", &admin])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let listener = if held_is_admin {
+            "admin_listen"
+        } else {
+            "listen"
+        };
+        assert!(
+            err.contains(&format!("cannot listen on {held_addr} ({listener})"))
+                && err.contains("in use"),
+            "{err}"
+        );
+        // It did not announce itself, and did not wait for the port.
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        drop(held);
+    }
 }
 
 #[tokio::test]

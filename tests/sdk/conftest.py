@@ -58,10 +58,41 @@ def binary(name: str) -> Path:
     return path
 
 
+_LOWEST_PORT = 10_000
+_next_port: int | None = None
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 that is free now, below the kernel's ephemeral
+    range (so no port-0 bind or outgoing connection takes it before the
+    server binds it) and not handed out before by this session."""
+    global _next_port
+    high = _ephemeral_start()
+    if high - _LOWEST_PORT < 1_000:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    span = high - _LOWEST_PORT
+    candidate = _next_port or _LOWEST_PORT + (os.getpid() * 7919) % span
+    for _ in range(span):
+        port = candidate
+        candidate = port + 1 if port + 1 < high else _LOWEST_PORT
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _next_port = candidate
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in {_LOWEST_PORT}..{high}")
 
 
 def _tail(path: Path, limit: int = 4000) -> str:
@@ -323,8 +354,6 @@ def mock_llm(workdir):
 def gateway(workdir, mock_llm):
     exe = binary("tappass-gateway")
     port, admin_port = free_port(), free_port()
-    while admin_port == port:
-        admin_port = free_port()
     text = gateway_config(port, admin_port, mock_llm.port)
     config = workdir / "gateway.yaml"
     config.write_text(text)

@@ -126,8 +126,6 @@ def ref(workdir, mock_llm):
         payloads[agent] = signed["payload"]
 
     port, admin_port = free_port(), free_port()
-    while admin_port == port:
-        admin_port = free_port()
     keys = "".join(
         f"  - name: {agent}\n    sha256: {hashlib.sha256(key.encode()).hexdigest()}\n"
         for agent, key in AGENT_KEYS.items()

@@ -48,8 +48,6 @@ def directive(**script) -> str:
 def governed(workdir, mock_llm):
     exe = binary("tappass-gateway")
     port, admin_port = free_port(), free_port()
-    while admin_port == port:
-        admin_port = free_port()
     text = gateway_config(port, admin_port, mock_llm.port) + GUARDRAILS
     config = workdir / "gateway-tools.yaml"
     config.write_text(text)

@@ -344,9 +344,7 @@ fn backoff_grows_caps_and_jitters() {
 async fn unreachable_control_plane_keeps_retrying() {
     // Nothing listens on this port: the client retries with backoff and
     // records the error, then connects once a server appears.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], tappass_testkit::free_port()).into();
     let gw = Gateway::new();
     let h = AdsClient::new(
         config(&format!("http://{addr}"), "late", Protocol::Delta),

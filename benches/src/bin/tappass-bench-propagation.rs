@@ -47,12 +47,7 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use tappass_testkit::free_port;
 
 fn wait_port(port: u16) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);

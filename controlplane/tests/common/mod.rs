@@ -132,15 +132,6 @@ impl Running {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Waits (at most 20 s) until something listens on `port`.
 pub fn wait_port(port: u16) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
