@@ -161,27 +161,106 @@ fn encoded_blobs(text: &str) -> Vec<&str> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let is_b64 = |c: u8| BLOB_BYTE[usize::from(c)];
-    let mut i = 0;
-    while i < b.len() {
-        if is_b64(b[i]) {
+    // Every byte before `p` has been handled, and `p` is 0 or follows a
+    // byte outside the runs. A run of MIN_ENCODED_BLOB bytes starting at or
+    // after `p` covers the byte `probe`: when that byte is outside, skip
+    // past it without looking at the bytes before it.
+    let mut p = 0;
+    while p + MIN_ENCODED_BLOB <= b.len() {
+        let probe = p + MIN_ENCODED_BLOB - 1;
+        if !is_b64(b[probe]) {
+            p = probe + 1;
+            continue;
+        }
+        let mut s = probe;
+        while s > p && is_b64(b[s - 1]) {
+            s -= 1;
+        }
+        let mut e = probe + 1;
+        while e < b.len() && is_b64(b[e]) {
+            e += 1;
+        }
+        if e - s >= MIN_ENCODED_BLOB {
+            out.push(&text[s..e]);
+        }
+        p = e + 1;
+    }
+    // Percent-encoded tokens (whitespace-delimited) with three escapes:
+    // only the tokens around a `%` are looked at.
+    let mut done = 0;
+    for pct in memchr::memchr_iter(b'%', b) {
+        if pct < done {
+            continue;
+        }
+        let start = text[..pct]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let end = text[pct..]
+            .char_indices()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(text.len(), |(i, _)| pct + i);
+        let tok = &text[start..end];
+        if tok.len() >= MIN_ENCODED_BLOB
+            && memchr::memchr_iter(b'%', tok.as_bytes()).nth(2).is_some()
+        {
+            out.push(tok);
+        }
+        done = end;
+    }
+    out.truncate(64);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The maximal runs of blob bytes, found byte by byte.
+    fn reference_runs(text: &str) -> Vec<&str> {
+        let b = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
             let s = i;
-            while i < b.len() && is_b64(b[i]) {
+            while i < b.len() && BLOB_BYTE[usize::from(b[i])] {
                 i += 1;
             }
             if i - s >= MIN_ENCODED_BLOB {
                 out.push(&text[s..i]);
             }
-        } else {
-            i += 1;
+            i = i.max(s + 1);
+        }
+        out
+    }
+
+    proptest! {
+        /// Skipping ahead finds exactly the maximal runs of at least
+        /// MIN_ENCODED_BLOB blob bytes, around runs one byte too short, at
+        /// the start and at the end of the text; looking around each `%`
+        /// finds exactly the whitespace-delimited tokens with three.
+        #[test]
+        fn blob_runs_match_the_reference(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    3 => (1usize..40).prop_map(|n| "A".repeat(n)),
+                    2 => Just("x".repeat(MIN_ENCODED_BLOB - 1)),
+                    2 => Just("y".repeat(MIN_ENCODED_BLOB)),
+                    3 => proptest::sample::select(vec![" ", ".", "\n", "é", "%", "!!", "%41", "\u{2003}", "\u{85}"]).prop_map(String::from),
+                    2 => "[a-zA-Z0-9+/=_-]{0,20}",
+                ],
+                0..30,
+            )
+        ) {
+            let text = parts.concat();
+            let mut want = reference_runs(&text);
+            want.extend(text.split_whitespace().filter(|tok| {
+                tok.len() >= MIN_ENCODED_BLOB && tok.matches('%').count() >= 3
+            }));
+            want.truncate(64);
+            prop_assert_eq!(encoded_blobs(&text), want);
         }
     }
-    // Percent-encoded tokens need three escapes: most texts have none.
-    let escapes_possible = memchr::memchr_iter(b'%', b).nth(2).is_some();
-    for tok in text.split_whitespace().filter(|_| escapes_possible) {
-        if tok.len() >= MIN_ENCODED_BLOB && tok.matches('%').count() >= 3 {
-            out.push(tok);
-        }
-    }
-    out.truncate(64);
-    out
 }

@@ -286,35 +286,41 @@ pub fn normalize_for_injection(text: &str) -> String {
     normalize_any_for_injection(text)
 }
 
-/// [`normalize_for_injection`] for any text.
+/// [`normalize_for_injection`] for any text: ASCII stretches are copied as
+/// they are (the folding lower-cases them), each NFKC-composed non-ASCII
+/// stretch loses its invisible characters and has homoglyphs folded and
+/// letters lower-cased.
 fn normalize_any_for_injection(text: &str) -> String {
     let mut folded = String::with_capacity(text.len());
-    for c in nfkc_non_ascii(text).chars() {
+    nfkc_non_ascii_into(text, &mut folded, |c, out| {
         if c.is_ascii() {
             // never invisible, never a homoglyph
-            folded.push(c.to_ascii_lowercase());
-            continue;
+            out.push(c);
+        } else if !is_invisible(c) {
+            out.extend(fold_homoglyph(c).unwrap_or(c).to_lowercase());
         }
-        if is_invisible(c) {
-            continue;
-        }
-        let c = fold_homoglyph(c).unwrap_or(c);
-        for l in c.to_lowercase() {
-            folded.push(l);
-        }
-    }
+    });
     fold_leet_and_spacing(&folded)
 }
 
-/// NFKC of `text`, computed only on the stretches around non-ASCII
-/// characters. An ASCII character is a starter that NFKC leaves alone and
-/// that never ends a composition, so the text splits before every ASCII
-/// character; each run of non-ASCII characters is normalized together with
-/// the ASCII character before it, which may compose with it (as `e` does
-/// with a combining acute accent).
+/// NFKC of `text`.
+#[cfg(test)]
 fn nfkc_non_ascii(text: &str) -> String {
-    let b = text.as_bytes();
     let mut out = String::with_capacity(text.len());
+    nfkc_non_ascii_into(text, &mut out, |c, out| out.push(c));
+    out
+}
+
+/// NFKC of `text`, computed only on the stretches around non-ASCII
+/// characters, appended to `out`: ASCII stretches are copied, and each
+/// character NFKC gives for the other stretches goes through `each`. An
+/// ASCII character is a starter that NFKC leaves alone and that never ends
+/// a composition, so the text splits before every ASCII character; each run
+/// of non-ASCII characters is normalized together with the ASCII character
+/// before it, which may compose with it (as `e` does with a combining acute
+/// accent).
+fn nfkc_non_ascii_into(text: &str, out: &mut String, mut each: impl FnMut(char, &mut String)) {
+    let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
         let Some(k) = b[i..].iter().position(|c| !c.is_ascii()) else {
@@ -328,10 +334,11 @@ fn nfkc_non_ascii(text: &str) -> String {
             .iter()
             .position(u8::is_ascii)
             .map_or(b.len(), |e| i + k + e);
-        out.extend(text[start..end].nfkc());
+        for c in text[start..end].nfkc() {
+            each(c, out);
+        }
         i = end;
     }
-    out
 }
 
 /// The leetspeak, whitespace and spaced-letter folding of
@@ -348,6 +355,19 @@ fn fold_leet_and_spacing(folded: &str) -> String {
     let mut prev_alpha = false;
     let mut i = 0;
     while i < s.len() {
+        // Eight bytes at a time while they need nothing but lower-casing
+        if let Some(block) = s.get(i..i + 8) {
+            let x = u64::from_le_bytes(block.try_into().unwrap_or_default());
+            if let Some(lower) = plain_block(x, last_space) {
+                out[w..w + 8].copy_from_slice(&lower.to_le_bytes());
+                w += 8;
+                i += 8;
+                let last = (lower >> 56) as u8;
+                prev_alpha = last.is_ascii_alphabetic();
+                last_space = last == b' ';
+                continue;
+            }
+        }
         let b = s[i];
         if b.is_ascii() {
             let c = b.to_ascii_lowercase();
@@ -359,18 +379,12 @@ fn fold_leet_and_spacing(folded: &str) -> String {
                 c
             };
             prev_alpha = b.is_ascii_alphabetic();
-            // `char::is_whitespace` on ASCII: tab, LF, VT, FF, CR and space
-            if matches!(c, b'\t'..=b'\r' | b' ') {
-                if !last_space {
-                    out[w] = b' ';
-                    w += 1;
-                }
-                last_space = true;
-            } else {
-                out[w] = c;
-                w += 1;
-                last_space = false;
-            }
+            // `char::is_whitespace` on ASCII: tab, LF, VT, FF, CR and space.
+            // A space after a space is written and then overwritten.
+            let space = matches!(c, b'\t'..=b'\r' | b' ');
+            out[w] = if space { b' ' } else { c };
+            w += usize::from(!(space && last_space));
+            last_space = space;
             i += 1;
         } else {
             let c = char_at(s, i);
@@ -395,6 +409,53 @@ fn fold_leet_and_spacing(folded: &str) -> String {
     // Whole characters were copied, so this never takes the lossy path.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
+
+/// Eight bytes (little-endian) lower-cased, when that is all the folding
+/// does to them: all ASCII, no leetspeak candidate, no whitespace but single
+/// spaces (and no space first when the text before ended with one).
+fn plain_block(x: u64, after_space: bool) -> Option<u64> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    const LOW7: u64 = ONES * 0x7F;
+    if x & HIGH != 0 {
+        return None;
+    }
+    let special = x
+        .to_le_bytes()
+        .iter()
+        .fold(0u8, |acc, &b| acc | NOT_PLAIN[usize::from(b)]);
+    if special != 0 {
+        return None;
+    }
+    // the high bit of each byte that is a space (exact: no carries between
+    // bytes, every byte is below 0x80)
+    let v = x ^ (ONES * u64::from(b' '));
+    let spaces = !(((v & LOW7) + LOW7) | v) & HIGH;
+    if spaces & (spaces << 8) != 0 || (after_space && spaces & 0x80 != 0) {
+        return None;
+    }
+    // the high bit of each byte in 'A'..='Z', moved to 0x20
+    let at_least_a = x + ONES * u64::from(0x80 - b'A');
+    let above_z = x + ONES * u64::from(0x80 - b'Z' - 1);
+    let upper = at_least_a & !above_z & HIGH;
+    Some(x | (upper >> 2))
+}
+
+/// 1 for the ASCII bytes the folding may change beyond lower-casing:
+/// leetspeak candidates and whitespace other than a space. (Bytes from
+/// 0x80 are excluded before this table is read.)
+static NOT_PLAIN: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 128 {
+        let lower = (i as u8).to_ascii_lowercase();
+        if LEET_ASCII[lower as usize] != 0 || matches!(i as u8, b'\t'..=b'\r') {
+            t[i] = 1;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// [`fold_leet`] of each ASCII byte, 0 where it changes nothing.
 static LEET_ASCII: [u8; 256] = {
@@ -443,35 +504,22 @@ fn alpha_at(s: &[u8], i: usize) -> bool {
 /// alone: the last letter of a word ("ignore a l l") does not start a run.
 /// In place, on UTF-8 bytes (every position is a character boundary).
 fn collapse_spaced_letters(s: &mut Vec<u8>) {
+    // Most texts have no run: find the first one without writing.
+    let Some(first) = first_spaced_run(s) else {
+        return;
+    };
     let n = s.len();
-    let after = |s: &[u8], p: usize| p + s.get(p).map_or(1, |&b| utf8_len(b));
-    let mut w = 0;
-    let mut i = 0;
+    let mut w = first;
+    let mut i = first;
     // whether the input character before `i` is a letter (the output may
-    // already have overwritten it)
+    // already have overwritten it); the first run starts after a non-letter
     let mut prev_alpha = false;
     while i < n {
         let next = after(s, i);
         let alpha = alpha_at(s, i);
         // a run starts at a single letter: a letter between non-letters
         if alpha && !prev_alpha && !alpha_at(s, next) {
-            // detect run: L sep L sep L sep L
-            let mut j = i;
-            let mut letters = 0;
-            while alpha_at(s, j) && !alpha_at(s, after(s, j)) {
-                letters += 1;
-                let j1 = after(s, j);
-                let j2 = after(s, j1);
-                let sep = s
-                    .get(j1)
-                    .is_some_and(|b| matches!(b, b' ' | b'.' | b'-' | b'_' | b'*'));
-                if sep && alpha_at(s, j2) && !alpha_at(s, after(s, j2)) {
-                    j = j2;
-                } else {
-                    j = j1;
-                    break;
-                }
-            }
+            let (letters, j) = spaced_run(s, i);
             if letters >= 4 {
                 let mut k = i;
                 while k < j {
@@ -498,6 +546,100 @@ fn collapse_spaced_letters(s: &mut Vec<u8>) {
         i = next;
     }
     s.truncate(w);
+}
+
+/// The byte after the character starting at `p` (`p + 1` past the end).
+fn after(s: &[u8], p: usize) -> usize {
+    p + s.get(p).map_or(1, |&b| utf8_len(b))
+}
+
+/// The separators allowed between spaced-out letters.
+fn is_spacing_separator(b: u8) -> bool {
+    (b == b' ') | (b == b'.') | (b == b'-') | (b == b'_') | (b == b'*')
+}
+
+/// The spaced-out letters from the single letter at `i`: how many, and the
+/// byte after the run (after the separator following it when the run ends
+/// there).
+fn spaced_run(s: &[u8], i: usize) -> (usize, usize) {
+    // L sep L sep L sep L
+    let mut j = i;
+    let mut letters = 0;
+    while alpha_at(s, j) && !alpha_at(s, after(s, j)) {
+        letters += 1;
+        let j1 = after(s, j);
+        let j2 = after(s, j1);
+        let sep = s.get(j1).is_some_and(|&b| is_spacing_separator(b));
+        if sep && alpha_at(s, j2) && !alpha_at(s, after(s, j2)) {
+            j = j2;
+        } else {
+            j = j1;
+            break;
+        }
+    }
+    (letters, j)
+}
+
+/// Where [`collapse_spaced_letters`] first joins a run, if anywhere. Every
+/// run holds a separator with a single letter on either side, so only the
+/// separators are looked at; the first single letter before a separator
+/// that starts four or more is where the first run starts (a later letter of
+/// the same chain starts a shorter one).
+fn first_spaced_run(s: &[u8]) -> Option<usize> {
+    const CHUNK: usize = 64;
+    let n = s.len();
+    let mut j = 1;
+    while j + 1 < n {
+        // Whole chunks are first checked for the shape every run of four
+        // starts with, without branches (so the check is vectorized): its
+        // first separator is followed by one-byte letters each followed by
+        // a separator, twice, unless one of the two letters has several
+        // bytes.
+        let end = if j + CHUNK + 4 <= n {
+            let w = &s[j..j + CHUNK + 4];
+            let mut shape = false;
+            for k in 0..CHUNK {
+                let sep = is_spacing_separator;
+                shape |= sep(w[k])
+                    & ((sep(w[k + 2]) & sep(w[k + 4])) | (w[k + 1] >= 0x80) | (w[k + 3] >= 0x80));
+            }
+            if !shape {
+                j += CHUNK;
+                continue;
+            }
+            j + CHUNK
+        } else {
+            n - 1
+        };
+        while j < end {
+            if is_spacing_separator(s[j]) {
+                if let Some(l) = single_letters_around(s, j) {
+                    if spaced_run(s, l).0 >= 4 {
+                        return Some(l);
+                    }
+                }
+            }
+            j += 1;
+        }
+    }
+    None
+}
+
+/// The start of the letter before the separator at `j` when single letters
+/// stand on both sides of it.
+fn single_letters_around(s: &[u8], j: usize) -> Option<usize> {
+    let l = char_start_before(s, j);
+    let single_before = alpha_at(s, l) && (l == 0 || !alpha_at(s, char_start_before(s, l)));
+    (single_before && alpha_at(s, j + 1) && !alpha_at(s, after(s, j + 1))).then_some(l)
+}
+
+/// The start of the character that ends just before byte `i` (> 0).
+fn char_start_before(s: &[u8], i: usize) -> usize {
+    let mut p = i - 1;
+    while p > 0 && s[p] & 0xC0 == 0x80 {
+        p -= 1;
+    }
+    p
 }
 
 /// Try to decode an encoded blob (base64 standard/URL-safe, hex,
@@ -643,7 +785,48 @@ mod tests {
         out
     }
 
+    /// Normalization for injection as first written: NFKC of the whole
+    /// text, then every character folded, then the reference folding.
+    fn reference_normalize_for_injection(text: &str) -> String {
+        let mut folded = String::new();
+        for c in text.nfkc() {
+            if !is_invisible(c) {
+                folded.extend(fold_homoglyph(c).unwrap_or(c).to_lowercase());
+            }
+        }
+        reference_fold_leet_and_spacing(&folded)
+    }
+
     proptest! {
+        /// The whole normalization equals the reference, on text mixing
+        /// ASCII with accents, combining marks, compatibility forms,
+        /// homoglyphs, invisible characters, leetspeak and spaced letters.
+        #[test]
+        fn injection_normalization_matches_the_reference(
+            s in proptest::collection::vec(
+                prop_oneof![
+                    4 => proptest::char::range('a', 'z').prop_map(String::from),
+                    2 => proptest::char::range('A', 'Z').prop_map(String::from),
+                    2 => proptest::sample::select(vec![" ", ".", "-", "_", "*", "  ", "\n"]).prop_map(String::from),
+                    2 => proptest::sample::select(vec!["0", "1", "3", "4", "@", "$", "|", "7", "+", "8", "5", "!"]).prop_map(String::from),
+                    2 => proptest::char::range('\u{300}', '\u{308}').prop_map(String::from),
+                    1 => proptest::char::range('\u{c0}', '\u{17f}').prop_map(String::from),
+                    1 => proptest::char::range('\u{ff01}', '\u{ff5e}').prop_map(String::from),
+                    1 => proptest::char::range('\u{400}', '\u{45f}').prop_map(String::from),
+                    1 => proptest::char::range('\u{3b1}', '\u{3c9}').prop_map(String::from),
+                    1 => proptest::sample::select(vec!["\u{200b}", "\u{200d}", "\u{feff}", "\u{e0041}", "\u{202e}"]).prop_map(String::from),
+                    2 => proptest::sample::select(vec![
+                        "i g n o r e", "a.b.c.d.e", "1 g n 0 r e", "é t à s", "ｉ ｇ ｎ ｏ", "a b c",
+                    ]).prop_map(String::from),
+                    1 => proptest::char::any().prop_map(String::from),
+                ],
+                0..40,
+            )
+        ) {
+            let s: String = s.concat();
+            prop_assert_eq!(normalize_for_injection(&s), reference_normalize_for_injection(&s));
+        }
+
         /// The byte-level folding equals the reference, on ASCII text and
         /// on text with other letters, spaces and symbols.
         #[test]
@@ -699,6 +882,30 @@ mod tests {
         ) {
             let s: String = s.into_iter().collect();
             prop_assert_eq!(nfkc_non_ascii(&s), s.nfkc().collect::<String>());
+        }
+    }
+
+    /// Spaced letters are found wherever they fall relative to the chunks
+    /// the search for them checks at once, as are near misses.
+    #[test]
+    fn spaced_letters_are_found_at_every_offset() {
+        let filler = "some plain words, then more of them. ".repeat(8);
+        for run in [
+            "i g n o r e",
+            "a.b.c.d",
+            "é t à s",
+            "a b c",
+            "a b c de",
+            "x 1 g n",
+        ] {
+            for off in 0..200 {
+                let text = format!("{}{run} all{}", &filler[..off], &filler[..off % 70]);
+                assert_eq!(
+                    fold_leet_and_spacing(&text),
+                    reference_fold_leet_and_spacing(&text),
+                    "{text:?}"
+                );
+            }
         }
     }
 

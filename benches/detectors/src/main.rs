@@ -672,7 +672,10 @@ fn mixed_text(shared: &Path, here: &Path, size: usize, mix: Mix) -> Result<Strin
 }
 
 fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
-    let reps = 5;
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
     println!(
         "## Speed (one core, thread CPU time, 8 MiB of text in 64 KiB blocks, best of {reps})\n"
     );
@@ -739,6 +742,33 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             }
             println!(
                 "| {name} | streaming only | {:.0} | |",
+                mb * reps as f64 / t.elapsed().as_secs_f64()
+            );
+            continue;
+        }
+        if std::env::var("NORMALIZE_ONLY").is_ok() {
+            let t = Instant::now();
+            for _ in 0..reps {
+                for b in &blocks {
+                    std::hint::black_box(tappass_detectors::normalize::normalize_for_injection(b));
+                }
+            }
+            println!(
+                "| {name} | injection normalization only | {:.0} | |",
+                mb * reps as f64 / t.elapsed().as_secs_f64()
+            );
+            continue;
+        }
+        if std::env::var("GATEWAY_ONLY").is_ok() {
+            let t = Instant::now();
+            for _ in 0..reps {
+                for b in &blocks {
+                    gw.scan(b)?;
+                    gw.score_injection(b)?;
+                }
+            }
+            println!(
+                "| {name} | gateway only | {:.0} | |",
                 mb * reps as f64 / t.elapsed().as_secs_f64()
             );
             continue;
