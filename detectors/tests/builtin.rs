@@ -140,14 +140,25 @@ fn bad_rules_fail_the_build_with_their_id() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("long") && err.contains("1024"), "{err}");
-    // Hyperscan rejects back-references that the regex crate also lacks;
-    // a pattern Hyperscan alone rejects: an over-large bounded repeat of a
-    // class inside a repeat in stream mode is accepted, so use \C-free
-    // syntax Hyperscan refuses: a lookbehind is refused by both.
+    // A lookbehind is refused by both the regex crate and Hyperscan.
     let err = RuleSet::from_rules(vec![rule("look", "(?<=a)b")], key())
         .unwrap_err()
         .to_string();
     assert!(err.contains("look"), "{err}");
+    // A pattern only Hyperscan rejects (the regex crate compiles it; it can
+    // never match) fails the build naming the rule, next to a good one.
+    // Injection rules go to Hyperscan whole, as their own database.
+    let never = "ignore[a-z ]{0,10}^x";
+    assert!(regex_automata::meta::Regex::new(never).is_ok());
+    let injection: RuleSpec = serde_norway::from_str(&format!(
+        "{{id: never, name: t, category: injection, label: T, family: override, score: 0.5, pattern: '{never}'}}"
+    ))
+    .unwrap();
+    let err = RuleSet::from_rules(vec![rule("fine", "abc[0-9]{3}"), injection], key()).unwrap_err();
+    assert!(
+        matches!(&err, tappass_detectors::BuildError::Hyperscan { id, .. } if id == "never"),
+        "{err}"
+    );
     let err = RuleSet::from_rules(vec![rule("dup", "abc"), rule("dup", "abd")], key())
         .unwrap_err()
         .to_string();
