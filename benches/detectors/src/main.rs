@@ -671,6 +671,9 @@ fn mixed_text(shared: &Path, here: &Path, size: usize, mix: Mix) -> Result<Strin
     Ok(text)
 }
 
+/// One part of the detection path, run on a block of text.
+type TimedPart<'a> = dyn Fn(&str) -> Result<()> + 'a;
+
 fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
     let reps: usize = std::env::var("REPS")
         .ok()
@@ -746,42 +749,35 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             );
             continue;
         }
-        if std::env::var("NORMALIZE_ONLY").is_ok() {
+        // One part alone, wall clock (for `perf record`).
+        let only: Option<(&str, &TimedPart)> = if std::env::var("NORMALIZE_ONLY").is_ok() {
+            Some(("injection normalization only", &|b| {
+                std::hint::black_box(tappass_detectors::normalize::normalize_for_injection(b));
+                Ok(())
+            }))
+        } else if std::env::var("GATEWAY_ONLY").is_ok() {
+            Some(("gateway only", &|b| {
+                gw.scan(b)?;
+                gw.score_injection(b)?;
+                Ok(())
+            }))
+        } else if std::env::var("FULL_ONLY").is_ok() {
+            Some(("full only", &|b| {
+                rs.scan(b)?;
+                Ok(())
+            }))
+        } else {
+            None
+        };
+        if let Some((label, part)) = only {
             let t = Instant::now();
             for _ in 0..reps {
                 for b in &blocks {
-                    std::hint::black_box(tappass_detectors::normalize::normalize_for_injection(b));
+                    part(b)?;
                 }
             }
             println!(
-                "| {name} | injection normalization only | {:.0} | |",
-                mb * reps as f64 / t.elapsed().as_secs_f64()
-            );
-            continue;
-        }
-        if std::env::var("GATEWAY_ONLY").is_ok() {
-            let t = Instant::now();
-            for _ in 0..reps {
-                for b in &blocks {
-                    gw.scan(b)?;
-                    gw.score_injection(b)?;
-                }
-            }
-            println!(
-                "| {name} | gateway only | {:.0} | |",
-                mb * reps as f64 / t.elapsed().as_secs_f64()
-            );
-            continue;
-        }
-        if std::env::var("FULL_ONLY").is_ok() {
-            let t = Instant::now();
-            for _ in 0..reps {
-                for b in &blocks {
-                    rs.scan(b)?;
-                }
-            }
-            println!(
-                "| {name} | full only | {:.0} | |",
+                "| {name} | {label} | {:.0} | |",
                 mb * reps as f64 / t.elapsed().as_secs_f64()
             );
             continue;
