@@ -627,6 +627,21 @@ impl RuleSet {
         self.inner.hs_exprs.clone()
     }
 
+    /// Every rule's own pattern in Hyperscan syntax (rule id, pattern,
+    /// caseless): what a scan without prefilters and confirmation would
+    /// compile, for profiling.
+    #[doc(hidden)]
+    pub fn hs_rule_patterns(&self) -> Vec<(String, String, bool)> {
+        self.inner
+            .rules
+            .iter()
+            .filter_map(|r| {
+                let pattern = expand_domains(&r.spec, &r.spec.pattern).ok()?;
+                Some((r.spec.id.clone(), hs_pattern(&pattern), r.spec.caseless))
+            })
+            .collect()
+    }
+
     /// Rule specs in this set.
     pub fn rules(&self) -> impl Iterator<Item = &RuleSpec> {
         self.inner.rules.iter().map(|r| &r.spec)
