@@ -46,16 +46,6 @@ async fn recorded_bodies(mock: &Proc) -> Vec<String> {
         .collect()
 }
 
-async fn script(mock: &Proc, scripts: Value) {
-    let r = client()
-        .post(format!("{}/__mock/script", mock.url()))
-        .json(&scripts)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-}
-
 fn anthropic(text: &str, stream: bool) -> Value {
     json!({"model": "c", "max_tokens": 64, "stream": stream,
         "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]})
@@ -66,31 +56,6 @@ fn responses(text: &str, stream: bool) -> Value {
 }
 
 /// The text a client reads from a stream, in any of the three formats.
-fn stream_text(body: &str) -> String {
-    let mut text = String::new();
-    for line in body.lines() {
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            continue;
-        };
-        if let Some(t) = v
-            .pointer("/choices/0/delta/content")
-            .and_then(Value::as_str)
-        {
-            text.push_str(t);
-        }
-        if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
-            text.push_str(t);
-        }
-        if v["type"] == "response.output_text.delta" {
-            text.push_str(v["delta"].as_str().unwrap_or(""));
-        }
-    }
-    text
-}
-
 #[tokio::test]
 async fn secrets_in_the_prompt_are_refused_before_the_upstream() {
     let (mock, mut gw, dir, _data) = start_guarded(GUARDRAILS);
@@ -98,7 +63,7 @@ async fn secrets_in_the_prompt_are_refused_before_the_upstream() {
 
     let r = post(&gw, "/v1/chat/completions", &chat("m", &prompt, false)).await;
     assert_eq!(r.status(), 403);
-    assert_eq!(r.headers()["x-tappass-error-code"], "secret_blocked");
+    assert_eq!(error_code(&r), "secret_blocked");
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "secret_blocked");
     assert_eq!(b["error"]["type"], "permission_error");
@@ -214,7 +179,7 @@ async fn a_secret_streamed_in_pieces_never_reaches_the_client() {
             ("/v1/messages", anthropic("give me the key", true)),
             ("/v1/responses", responses("give me the key", true)),
         ] {
-            script(&mock, json!([{"reply": reply, "chunk_size": chunk_size}])).await;
+            mock_script(&mock, json!([{"reply": reply, "chunk_size": chunk_size}])).await;
             let r = post(&gw, path, &body).await;
             assert_eq!(r.status(), 200);
             let text = r.text().await.unwrap();
@@ -233,7 +198,7 @@ async fn a_secret_streamed_in_pieces_never_reaches_the_client() {
         }
     }
     // Not streamed: the body is redacted and the header counts it.
-    script(&mock, json!([{"reply": reply}])).await;
+    mock_script(&mock, json!([{"reply": reply}])).await;
     let r = post(&gw, "/v1/chat/completions", &chat("m", "key?", false)).await;
     assert_eq!(r.headers()["x-tappass-redactions"], "secret=1");
     let b: Value = r.json().await.unwrap();
@@ -269,7 +234,7 @@ async fn streamed_secrets_can_end_the_stream_instead() {
         ("/v1/responses", responses("key?", true), "response.failed"),
     ] {
         for chunk_size in [1, 3, 7] {
-            script(&mock, json!([{"reply": reply, "chunk_size": chunk_size}])).await;
+            mock_script(&mock, json!([{"reply": reply, "chunk_size": chunk_size}])).await;
             let text = post(&gw, path, &body).await.text().await.unwrap();
             assert!(!text.contains(SECRET), "{path}: {text}");
             assert!(!text.contains("QWERTYUIOPASDFGH"), "{path}: {text}");
@@ -451,13 +416,13 @@ async fn allowed_secrets_pass_and_other_secrets_do_not() {
     )
     .await;
     assert_eq!(r.status(), 403);
-    assert_eq!(r.headers()["x-tappass-error-code"], "secret_blocked");
+    assert_eq!(error_code(&r), "secret_blocked");
     assert_eq!(mock_calls(&mock).await, 3);
 
     // in a streamed response, the public key is released and the other
     // one redacted
     let reply = format!("web key {PUBLIC}, server key {PRIVATE}.");
-    script(&mock, json!([{"reply": reply, "chunk_size": 5}])).await;
+    mock_script(&mock, json!([{"reply": reply, "chunk_size": 5}])).await;
     let r = post(&gw, "/v1/chat/completions", &chat("m", "keys?", true)).await;
     assert_eq!(r.status(), 200);
     let text = stream_text(&r.text().await.unwrap());

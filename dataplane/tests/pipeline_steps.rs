@@ -252,31 +252,6 @@ async fn apply_compiled_policy_denies_with_the_rules_reason() {
 }
 
 /// The text a client reads from a stream, in any of the three formats.
-fn stream_text(body: &str) -> String {
-    let mut text = String::new();
-    for line in body.lines() {
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            continue;
-        };
-        if let Some(t) = v
-            .pointer("/choices/0/delta/content")
-            .and_then(Value::as_str)
-        {
-            text.push_str(t);
-        }
-        if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
-            text.push_str(t);
-        }
-        if v["type"] == "response.output_text.delta" {
-            text.push_str(v["delta"].as_str().unwrap_or(""));
-        }
-    }
-    text
-}
-
 fn f_endpoint(f: Format) -> &'static str {
     match f {
         Format::Chat => "chat_completions",
@@ -311,16 +286,6 @@ async fn a_policy_whose_rego_cannot_be_prepared_fails_closed() {
 const LOG_AGENT: &str = "steps-exfil-log";
 const LOG_AGENT_KEY: &str = "tp-steps-exfil-log-key";
 
-async fn script(mock: &Proc, scripts: Value) {
-    let r = client()
-        .post(format!("{}/__mock/script", mock.url()))
-        .json(&scripts)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-}
-
 /// One gateway (the exfiltration rules take long to compile in debug
 /// builds): `exfil: block` and `response_exfil: block` from the config; a
 /// second agent's policy sets `exfiltration_guard` on responses to `log`.
@@ -351,18 +316,18 @@ async fn exfiltration_is_refused_in_prompts_and_stopped_or_logged_in_responses()
     let reply = format!("Here is your chart: {EXFIL_IMAGE} and that is all.");
     for f in FORMATS {
         for chunk in [1usize, 3, 7, 16] {
-            script(&s.mock, json!([{"reply": reply, "chunk_size": chunk}])).await;
+            mock_script(&s.mock, json!([{"reply": reply, "chunk_size": chunk}])).await;
             let (status, _, body) = send(&s.gw, f, &request(f, "draw", None, true)).await;
             assert_eq!(status, 200, "{f:?}");
             assert!(!body.contains(EXFIL_DATA), "{f:?} chunk {chunk}: {body}");
             assert_stream_error(f, &body, "exfil_blocked");
         }
-        script(&s.mock, json!([{"reply": reply}])).await;
+        mock_script(&s.mock, json!([{"reply": reply}])).await;
         let (status, code, body) = send(&s.gw, f, &request(f, "draw", None, false)).await;
         assert_refused(f, status, &code, &body, "exfil_blocked");
         assert!(!body.contains(EXFIL_DATA));
         // An image without data passes.
-        script(
+        mock_script(
             &s.mock,
             json!([{"reply": "see ![logo](https://example.com/logo.png) for the logo"}]),
         )
@@ -374,7 +339,7 @@ async fn exfiltration_is_refused_in_prompts_and_stopped_or_logged_in_responses()
     // The agent whose policy logs: the output passes, the row says so.
     for f in FORMATS {
         for stream in [false, true] {
-            script(&s.mock, json!([{"reply": reply, "chunk_size": 5}])).await;
+            mock_script(&s.mock, json!([{"reply": reply, "chunk_size": 5}])).await;
             let (status, _, body) =
                 send_as(&s.gw, f, &request(f, "draw", None, stream), LOG_AGENT_KEY).await;
             assert_eq!(status, 200, "{f:?}");

@@ -151,7 +151,7 @@ async fn tokens_are_verified_offline_and_refusals_are_precise() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.headers()["x-tappass-error-code"], "sandbox_revoked");
+    assert_eq!(error_code(&r), "sandbox_revoked");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "authentication_error");

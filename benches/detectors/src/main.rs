@@ -671,24 +671,44 @@ fn mixed_text(shared: &Path, here: &Path, size: usize, mix: Mix) -> Result<Strin
     Ok(text)
 }
 
+/// One Hyperscan block database over `(id, (name, pattern, caseless))`.
+fn compile_block<'a>(
+    exprs: impl IntoIterator<Item = (usize, &'a (String, String, bool))>,
+) -> std::result::Result<tappass_detectors::hs::Database, tappass_detectors::hs::HsError> {
+    use tappass_detectors::hs::{Database, Expr, Mode};
+    let ex: Vec<Expr<'_>> = exprs
+        .into_iter()
+        .map(|(i, e)| Expr {
+            pattern: &e.1,
+            id: i as u32,
+            caseless: e.2,
+        })
+        .collect();
+    Database::compile(&ex, Mode::Block)
+}
+
+/// How many reports `db` gives over all `blocks`.
+fn count_reports(
+    db: &tappass_detectors::hs::Database,
+    scratch: &mut tappass_detectors::hs::Scratch,
+    blocks: &[&str],
+) -> Result<u64> {
+    let mut n = 0;
+    for b in blocks {
+        db.scan(b.as_bytes(), scratch, &mut |_, _| n += 1)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(n)
+}
+
 /// Every rule's own pattern compiled into one Hyperscan block database, as
 /// a scan without prefilters and confirmation would: the database and the
 /// ids of the rules Hyperscan rejected (left out).
 fn compile_rule_patterns(rs: &RuleSet) -> Result<(tappass_detectors::hs::Database, Vec<String>)> {
-    use tappass_detectors::hs::{Database, Expr, Mode};
     let mut pats = rs.hs_rule_patterns();
     let mut rejected = Vec::new();
     loop {
-        let ex: Vec<Expr<'_>> = pats
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Expr {
-                pattern: &p.1,
-                id: i as u32,
-                caseless: p.2,
-            })
-            .collect();
-        match Database::compile(&ex, Mode::Block) {
+        match compile_block(pats.iter().enumerate()) {
             Ok(db) => return Ok((db, rejected)),
             Err(e) => match e.expression {
                 Some(i) if i < pats.len() => rejected.push(pats.remove(i).0),
@@ -814,32 +834,15 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
         // Raw baseline: every prefilter of the rule set (literals, phrases
         // and the class-based triggers) compiled into one Hyperscan database
         // and scanned without confirmation.
-        let (all_db, mut all_scratch) = {
-            use tappass_detectors::hs::{Database, Expr, Mode};
-            let exprs = rs.hs_expressions();
-            let ex: Vec<Expr<'_>> = exprs
-                .iter()
-                .enumerate()
-                .map(|(i, e)| Expr {
-                    pattern: &e.1,
-                    id: i as u32,
-                    caseless: e.2,
-                })
-                .collect();
-            let db = Database::compile(&ex, Mode::Block).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let scratch = db.alloc_scratch().map_err(|e| anyhow::anyhow!("{e}"))?;
-            (db, scratch)
-        };
+        let all_db = compile_block(rs.hs_expressions().iter().enumerate())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut all_scratch = all_db.alloc_scratch().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut nraw = 0;
         let raw = best(&mut || {
-            nraw = 0;
-            for b in &blocks {
-                all_db
-                    .scan(b.as_bytes(), &mut all_scratch, &mut |_, _| nraw += 1)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
+            nraw = count_reports(&all_db, &mut all_scratch, &blocks)?;
             Ok(())
         })?;
+        // The other baseline: the rules' own patterns, compiled once.
         if own.is_none() {
             let t = Instant::now();
             let (db, rejected) = compile_rule_patterns(rs)?;
@@ -849,12 +852,7 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
         let mut own_scratch = own_db.alloc_scratch().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut nown = 0;
         let own_t = best(&mut || {
-            nown = 0;
-            for b in &blocks {
-                own_db
-                    .scan(b.as_bytes(), &mut own_scratch, &mut |_, _| nown += 1)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
+            nown = count_reports(own_db, &mut own_scratch, &blocks)?;
             Ok(())
         })?;
         let mut nhs = 0;
@@ -1011,17 +1009,12 @@ fn profile(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
     let text = mixed_text(shared, here, 4 << 20, env_mix())?;
     let exprs = rs.hs_expressions();
     let time_db = |keep: &dyn Fn(&str) -> bool| -> Result<(usize, f64)> {
-        let ex: Vec<Expr<'_>> = exprs
+        let kept: Vec<_> = exprs
             .iter()
             .enumerate()
             .filter(|(_, e)| keep(&e.0))
-            .map(|(i, e)| Expr {
-                pattern: &e.1,
-                id: i as u32,
-                caseless: e.2,
-            })
             .collect();
-        let db = Database::compile(&ex, Mode::Block).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let db = compile_block(kept.iter().copied()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut scratch = db.alloc_scratch().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut best = f64::MAX;
         for _ in 0..3 {
@@ -1032,25 +1025,16 @@ fn profile(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             }
             best = best.min(t.elapsed().as_secs_f64());
         }
-        Ok((ex.len(), text.len() as f64 / 1e6 / best))
+        Ok((kept.len(), text.len() as f64 / 1e6 / best))
     };
     let is_class = |p: &str| p.contains('[') || p.contains("\\b") || p.contains("\\s");
     let class: Vec<&(String, String, bool)> = exprs.iter().filter(|e| is_class(&e.1)).collect();
     let (n, mbs) = time_db(&|_| true)?;
     println!("all: {n} expressions {mbs:.0} MB/s");
     {
-        let ex: Vec<Expr<'_>> = exprs
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Expr {
-                pattern: &e.1,
-                id: i as u32,
-                caseless: e.2,
-            })
-            .collect();
-        let db = Database::compile(&ex, Mode::Block).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let db = compile_block(exprs.iter().enumerate()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut scratch = db.alloc_scratch().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut counts = vec![0usize; ex.len()];
+        let mut counts = vec![0usize; exprs.len()];
         db.scan(text.as_bytes(), &mut scratch, &mut |id, _| {
             counts[id as usize] += 1
         })

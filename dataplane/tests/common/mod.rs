@@ -291,6 +291,44 @@ pub async fn get_text(url: &str) -> String {
         .expect("a text body")
 }
 
+/// Give the mock provider its next replies (`POST /__mock/script`).
+pub async fn mock_script(mock: &Proc, scripts: serde_json::Value) {
+    let r = client()
+        .post(format!("{}/__mock/script", mock.url()))
+        .json(&scripts)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+/// The text of a streamed response in any of the three formats (OpenAI
+/// chat deltas, Anthropic text deltas, Responses output-text deltas).
+pub fn stream_text(body: &str) -> String {
+    let mut text = String::new();
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+            continue;
+        };
+        if let Some(t) = v
+            .pointer("/choices/0/delta/content")
+            .and_then(serde_json::Value::as_str)
+        {
+            text.push_str(t);
+        }
+        if let Some(t) = v.pointer("/delta/text").and_then(serde_json::Value::as_str) {
+            text.push_str(t);
+        }
+        if v["type"] == "response.output_text.delta" {
+            text.push_str(v["delta"].as_str().unwrap_or(""));
+        }
+    }
+    text
+}
+
 /// The request bodies the mock received, parsed.
 pub async fn mock_bodies(mock: &Proc) -> Vec<serde_json::Value> {
     mock_requests(mock)
