@@ -779,27 +779,41 @@ impl RuleSet {
             return Ok(out);
         }
         hits.sort_unstable();
+        // Clusters become confirmation windows per rule; overlapping windows
+        // of one rule are searched once (dense text has a trigger every few
+        // bytes, and each cluster's window reaches `ahead` past it).
+        let mut windows: Vec<(u32, usize, usize)> = Vec::new();
         let mut which = None;
+        let mut parts: Vec<(usize, usize)> = Vec::new();
         let mut i = 0;
         while i < hits.len() {
             let (g, first) = hits[i];
             let group = &self.inner.groups[g as usize];
-            let mut last = first;
+            // Ends closer than `back` form one cluster. A shared trigger's
+            // clusters whose windows overlap also share one pass of the
+            // group's multi-pattern regex.
+            let reach = match group.set {
+                Some(_) => group.back + group.ahead,
+                None => group.back,
+            };
+            parts.clear();
+            let (mut part_first, mut last) = (first, first);
             let mut j = i + 1;
-            while j < hits.len() && hits[j].0 == g && hits[j].1 <= last + group.back {
+            while j < hits.len() && hits[j].0 == g && hits[j].1 <= last + reach {
+                if hits[j].1 > last + group.back {
+                    parts.push((part_first, last));
+                    part_first = hits[j].1;
+                }
                 last = hits[j].1;
                 j += 1;
             }
+            parts.push((part_first, last));
             i = j;
             match &group.set {
-                None => {
-                    for &rule in &group.rules {
-                        self.confirm(rule, first, last, 0, hay, 0, true, depth, &mut out);
-                    }
-                }
+                None => windows.extend(group.rules.iter().map(|&rule| (rule, first, last))),
                 Some(set) => {
                     // one pass of the group's multi-pattern regex tells which
-                    // of its rules can match near this trigger
+                    // of its rules can match near these triggers
                     let lo = floor_char(hay, first.saturating_sub(group.back));
                     let hi = (last + group.ahead).min(hay.len());
                     let pats = which
@@ -808,10 +822,25 @@ impl RuleSet {
                     set.which_overlapping_matches(&Input::new(hay).span(lo..hi), pats);
                     for k in pats.iter() {
                         let rule = group.rules[k.as_usize()];
-                        self.confirm(rule, first, last, 0, hay, 0, true, depth, &mut out);
+                        windows.extend(parts.iter().map(|&(f, l)| (rule, f, l)));
                     }
                 }
             }
+        }
+        windows.sort_unstable();
+        let mut k = 0;
+        while k < windows.len() {
+            let (rule, first, mut last) = windows[k];
+            let r = &self.inner.rules[rule as usize];
+            k += 1;
+            while k < windows.len()
+                && windows[k].0 == rule
+                && windows[k].1.saturating_sub(r.hs_max_len) <= last + r.ahead
+            {
+                last = last.max(windows[k].2);
+                k += 1;
+            }
+            self.confirm(rule, first, last, 0, hay, 0, true, depth, &mut out);
         }
         Ok(merge(&self.inner.rules, out))
     }

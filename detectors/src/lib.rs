@@ -30,10 +30,14 @@
 //! variable references, elided or masked values and repetitive strings are
 //! not reported.
 //! 3. Nearby ends are clustered; for a shared trigger one multi-pattern
-//!    regex pass selects the rules that can match; each is confirmed by the
-//!    `regex` engine in the window the literal's position allows
-//!    (`lookbehind`/`lookahead`), then validators (Luhn, mod-97, check
-//!    digits, entropy …) run on the value.
+//!    regex pass (one per run of clusters whose windows overlap) selects
+//!    the rules that can match; each is confirmed by the `regex` engine in
+//!    the window the literal's position allows (`lookbehind`/`lookahead`),
+//!    then validators (Luhn, mod-97, check digits, entropy …) run on the
+//!    value. In block mode, overlapping windows of one rule are searched
+//!    once, as their union: on dense text (a trigger every few bytes, each
+//!    window reaching hundreds of bytes ahead) separate searches would find
+//!    the same matches many times over.
 //! 4. Blobs matched by decoding rules (base64, hex, URL-encoding) are decoded
 //!    and scanned again (one level), findings cover the blob.
 //! 5. Repeated and contained matches are merged.

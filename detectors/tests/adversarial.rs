@@ -433,3 +433,52 @@ fn allowed_values_are_not_reported_in_any_mode() {
     assert!(wrapped_gcp(private));
     assert!(!wrapped_gcp(public));
 }
+
+/// Secrets on adjacent lines, closer together than a rule's window reaches:
+/// the windows overlap (and are searched once in block mode), yet every
+/// line's secret is reported exactly once, at its own span, in block mode
+/// and in every chunking.
+#[test]
+fn adjacent_secrets_in_overlapping_windows_are_each_found_once() {
+    let mut text = String::new();
+    let mut want = Vec::new();
+    let mut push = |text: &mut String, rule: &str, line: String, value: String| {
+        let at = text.len() + line.find(&value).unwrap();
+        want.push((rule.to_string(), at, at + value.len()));
+        text.push_str(&line);
+        text.push('\n');
+    };
+    for i in 0..24u32 {
+        let pw = format!("Qz{}x{}Lw{}pR", 7 * i + 3, 31 * i + 5, 13 * i + 11);
+        push(
+            &mut text,
+            "curl-auth-user",
+            format!("curl -s -u deploy{i}:{pw} https://ci{i}.internal.example/api"),
+            pw,
+        );
+        let token = format!(
+            "eA{}bK{}mQ{}tZ{}wS",
+            91 * i + 7,
+            17 * i + 2,
+            53 * i + 9,
+            3 * i
+        );
+        push(
+            &mut text,
+            "curl-auth-header",
+            format!("  -H 'X-Api-Key: {token}' \\"),
+            token,
+        );
+    }
+    let block: Vec<_> = ids(&rs().scan(&text).unwrap())
+        .into_iter()
+        .filter(|(id, _, _)| id.starts_with("curl-auth"))
+        .collect();
+    want.sort();
+    assert_eq!(block, want);
+    let all = ids(&rs().scan(&text).unwrap());
+    for step in [1usize, 13, 64, 1000] {
+        let cuts: Vec<usize> = (step..text.len()).step_by(step).collect();
+        assert_eq!(ids(&stream(&text, &cuts)), all, "chunks of {step}");
+    }
+}
