@@ -676,15 +676,19 @@ pub fn decode_blob(blob: &str) -> Option<String> {
             }
         }
     }
-    candidates.into_iter().find_map(|v| {
-        let s = String::from_utf8(v).ok()?;
-        let printable = s
-            .chars()
-            .filter(|c| !c.is_control() || c.is_whitespace())
-            .count();
-        let n = s.chars().count();
-        (n >= 4 && printable * 100 >= n * 95).then_some(s)
-    })
+    candidates.into_iter().find_map(readable_text)
+}
+
+/// Decoded bytes as text when they are UTF-8, at least four characters and
+/// at least 95 % printable (whitespace counts as printable).
+fn readable_text(v: Vec<u8>) -> Option<String> {
+    let s = String::from_utf8(v).ok()?;
+    let printable = s
+        .chars()
+        .filter(|c| !c.is_control() || c.is_whitespace())
+        .count();
+    let n = s.chars().count();
+    (n >= 4 && printable * 100 >= n * 95).then_some(s)
 }
 
 /// Characters of a base64 blob decoded first, before the whole blob: a
@@ -848,15 +852,7 @@ mod tests {
                 }
             }
         }
-        candidates.into_iter().find_map(|v| {
-            let s = String::from_utf8(v).ok()?;
-            let printable = s
-                .chars()
-                .filter(|c| !c.is_control() || c.is_whitespace())
-                .count();
-            let n = s.chars().count();
-            (n >= 4 && printable * 100 >= n * 95).then_some(s)
-        })
+        candidates.into_iter().find_map(readable_text)
     }
 
     #[test]
