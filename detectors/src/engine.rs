@@ -145,13 +145,25 @@ pub(crate) struct Inner {
 
 /// Rules sharing one Hyperscan expression.
 pub(crate) struct Group {
-    pub rules: Vec<u32>,
-    /// Largest `hs_max_len` / `ahead` of its rules.
+    /// Largest `hs_max_len` of its rules (the gap that separates clusters).
     pub back: usize,
-    pub ahead: usize,
-    /// Multi-pattern regex over the group's rules (groups of two or more).
+    /// Multi-pattern regex selecting, near a trigger, which of the `picked`
+    /// rules can match (when two or more are picked).
     pub set: Option<Regex>,
+    /// The rules `set` selects from, in its pattern order, and the largest
+    /// `hs_max_len` / `ahead` among them (the window of the set's pass).
+    pub picked: Vec<u32>,
+    pub set_back: usize,
+    pub set_ahead: usize,
+    /// Rules confirmed near every trigger without selection: those whose
+    /// window reaches further than [`SELECT_REACH`] (a pass of the set over
+    /// such a window costs as much as confirming the rule).
+    pub always: Vec<u32>,
 }
+
+/// Longest window (`hs_max_len + ahead`) of a rule that a shared trigger's
+/// multi-pattern pass selects; rules reaching further are always confirmed.
+const SELECT_REACH: usize = 256;
 
 /// A compiled rule set. Cheap to clone (shared, `Send + Sync`); build it once
 /// per policy snapshot, never on the hot path.
@@ -481,7 +493,20 @@ impl RuleSet {
         let group_rules: Vec<Vec<u32>> = groups.iter().map(|g| g.2.clone()).collect();
         let mut group_info = Vec::with_capacity(groups.len());
         for g in &groups {
-            let rs: Vec<&CompiledRule> = g.2.iter().map(|&i| &compiled[i as usize]).collect();
+            let (always, picked): (Vec<u32>, Vec<u32>) = if g.2.len() > 1 {
+                g.2.iter().partition(|&&i| {
+                    let r = &compiled[i as usize];
+                    r.hs_max_len + r.ahead > SELECT_REACH
+                })
+            } else {
+                (g.2.clone(), Vec::new())
+            };
+            let (always, picked) = if picked.len() > 1 {
+                (always, picked)
+            } else {
+                (g.2.clone(), Vec::new())
+            };
+            let rs: Vec<&CompiledRule> = picked.iter().map(|&i| &compiled[i as usize]).collect();
             let set = if rs.len() > 1 {
                 let pats: Vec<String> = rs
                     .iter()
@@ -512,10 +537,17 @@ impl RuleSet {
                 None
             };
             group_info.push(Group {
-                rules: g.2.clone(),
-                back: rs.iter().map(|r| r.hs_max_len).max().unwrap_or(0),
-                ahead: rs.iter().map(|r| r.ahead).max().unwrap_or(0),
+                back: g
+                    .2
+                    .iter()
+                    .map(|&i| compiled[i as usize].hs_max_len)
+                    .max()
+                    .unwrap_or(0),
                 set,
+                set_back: rs.iter().map(|r| r.hs_max_len).max().unwrap_or(0),
+                set_ahead: rs.iter().map(|r| r.ahead).max().unwrap_or(0),
+                picked,
+                always,
             });
         }
         let map_err = |e: hs::HsError| BuildError::Hyperscan {
@@ -793,7 +825,7 @@ impl RuleSet {
             // clusters whose windows overlap also share one pass of the
             // group's multi-pattern regex.
             let reach = match group.set {
-                Some(_) => group.back + group.ahead,
+                Some(_) => group.back.max(group.set_back + group.set_ahead),
                 None => group.back,
             };
             parts.clear();
@@ -809,21 +841,29 @@ impl RuleSet {
             }
             parts.push((part_first, last));
             i = j;
-            match &group.set {
-                None => windows.extend(group.rules.iter().map(|&rule| (rule, first, last))),
-                Some(set) => {
-                    // one pass of the group's multi-pattern regex tells which
-                    // of its rules can match near these triggers
-                    let lo = floor_char(hay, first.saturating_sub(group.back));
-                    let hi = (last + group.ahead).min(hay.len());
-                    let pats = which
-                        .get_or_insert_with(|| regex_automata::PatternSet::new(set.pattern_len()));
-                    pats.clear();
-                    set.which_overlapping_matches(&Input::new(hay).span(lo..hi), pats);
-                    for k in pats.iter() {
-                        let rule = group.rules[k.as_usize()];
-                        windows.extend(parts.iter().map(|&(f, l)| (rule, f, l)));
-                    }
+            for &rule in &group.always {
+                windows.extend(parts.iter().map(|&(f, l)| (rule, f, l)));
+            }
+            if let Some(set) = &group.set {
+                // one pass of the group's multi-pattern regex tells which
+                // of its rules can match near these triggers
+                let lo = floor_char(hay, first.saturating_sub(group.set_back));
+                let hi = (last + group.set_ahead).min(hay.len());
+                // one set of pattern ids for all groups, as large as the
+                // largest set met so far
+                if which
+                    .as_ref()
+                    .is_some_and(|p: &regex_automata::PatternSet| p.capacity() < set.pattern_len())
+                {
+                    which = None;
+                }
+                let pats =
+                    which.get_or_insert_with(|| regex_automata::PatternSet::new(set.pattern_len()));
+                pats.clear();
+                set.which_overlapping_matches(&Input::new(hay).span(lo..hi), pats);
+                for k in pats.iter() {
+                    let rule = group.picked[k.as_usize()];
+                    windows.extend(parts.iter().map(|&(f, l)| (rule, f, l)));
                 }
             }
         }

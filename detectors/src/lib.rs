@@ -31,7 +31,9 @@
 //! not reported.
 //! 3. Nearby ends are clustered; for a shared trigger one multi-pattern
 //!    regex pass (one per run of clusters whose windows overlap) selects
-//!    the rules that can match; each is confirmed by the `regex` engine in
+//!    the rules that can match (rules whose window reaches further than
+//!    256 bytes, such as the base64 decoder, are not selected but always
+//!    confirmed); each is confirmed by the `regex` engine in
 //!    the window the literal's position allows (`lookbehind`/`lookahead`),
 //!    then validators (Luhn, mod-97, check digits, entropy …) run on the
 //!    value. In block mode, overlapping windows of one rule are searched

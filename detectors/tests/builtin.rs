@@ -475,3 +475,50 @@ fn a_word_before_spaced_letters_stays_whole() {
         .unwrap();
     assert!(s.score >= 0.5, "{s:?}");
 }
+
+/// Rules sharing a trigger are selected by one multi-pattern pass per
+/// group; groups of different sizes (two rules, then three) in one text
+/// each report their own rules, and a rule whose window reaches far is
+/// confirmed without that pass.
+#[test]
+fn shared_triggers_of_different_sizes_in_one_text() {
+    let shared = |id: &str, prefilter: &str, pattern: &str| -> RuleSpec {
+        serde_norway::from_str(&format!(
+            "{{id: {id}, name: t, category: secret, label: T, prefilter: '{prefilter}', \
+             lookbehind: 8, lookahead: 40, pattern: '{pattern}'}}"
+        ))
+        .unwrap()
+    };
+    let far: RuleSpec = serde_norway::from_str(
+        "{id: far, name: t, category: secret, label: T, prefilter: 'zz[0-9]', \
+         lookbehind: 600, lookahead: 3, pattern: 'q{1,5}[a-z ]{0,500}zz[0-9]'}",
+    )
+    .unwrap();
+    let rules = vec![
+        shared("two-a", "qq[0-9]", "qq[0-9]a{3}"),
+        shared("two-b", "qq[0-9]", "qq[0-9]b{3}"),
+        shared("three-a", "zz[0-9]", "zz[0-9]a{3}"),
+        shared("three-b", "zz[0-9]", "zz[0-9]b{3}"),
+        shared("three-c", "zz[0-9]", "zz[0-9]c{3}"),
+        far,
+    ];
+    let rs = RuleSet::from_rules(rules, EvidenceKey::from_bytes([1; 32])).unwrap();
+    let text = "x qq1aaa y qq2bbb then zz3ccc and zz4aaa, q some words zz5 end";
+    let mut hit: Vec<(String, &str)> = rs
+        .scan(text)
+        .unwrap()
+        .iter()
+        .map(|f| (f.rule_id.to_string(), &text[f.span.clone()]))
+        .collect();
+    hit.sort();
+    assert_eq!(
+        hit,
+        [
+            ("far".to_string(), "q some words zz5"),
+            ("three-a".to_string(), "zz4aaa"),
+            ("three-c".to_string(), "zz3ccc"),
+            ("two-a".to_string(), "qq1aaa"),
+            ("two-b".to_string(), "qq2bbb"),
+        ]
+    );
+}
