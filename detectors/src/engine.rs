@@ -810,7 +810,10 @@ impl RuleSet {
         if hits.is_empty() {
             return Ok(out);
         }
-        hits.sort_unstable();
+        // By group, then by position: each group's ends arrive in order
+        // (Hyperscan reports by end offset, a byte trigger scans forward),
+        // so grouping them keeps them sorted; a group that is not is sorted.
+        let hits = group_stably(&hits, self.inner.groups.len(), |h| h.0 as usize);
         // Clusters become confirmation windows per rule; overlapping windows
         // of one rule are searched once (dense text has a trigger every few
         // bytes, and each cluster's window reaches `ahead` past it).
@@ -867,7 +870,8 @@ impl RuleSet {
                 }
             }
         }
-        windows.sort_unstable();
+        // By rule, then by position (each rule's windows come in order).
+        let windows = group_stably(&windows, self.inner.rules.len(), |w| w.0 as usize);
         let mut k = 0;
         while k < windows.len() {
             let (rule, first, mut last) = windows[k];
@@ -1031,6 +1035,32 @@ fn compile_concurrently<A, B: Send, C: Send>(
     })
 }
 
+/// `items` grouped by `key` (below `keys`), keeping their order within a
+/// key (a counting sort); then each key's run sorted, should it not be.
+fn group_stably<T: Copy + Ord>(items: &[T], keys: usize, key: impl Fn(&T) -> usize) -> Vec<T> {
+    let mut start = vec![0usize; keys + 1];
+    for it in items {
+        start[key(it) + 1] += 1;
+    }
+    for k in 0..keys {
+        start[k + 1] += start[k];
+    }
+    let mut out = items.to_vec();
+    let mut next = start.clone();
+    for &it in items {
+        let k = key(&it);
+        out[next[k]] = it;
+        next[k] += 1;
+    }
+    for k in 0..keys {
+        let run = &mut out[start[k]..start[k + 1]];
+        if !run.is_sorted() {
+            run.sort_unstable();
+        }
+    }
+    out
+}
+
 fn decode_as(kind: Decode, value: &str) -> Option<String> {
     match kind {
         Decode::Base64 | Decode::Hex | Decode::Url => normalize::decode_blob(value),
@@ -1151,4 +1181,27 @@ pub(crate) fn merge(rules: &[CompiledRule], mut v: Vec<Raw>) -> Vec<Raw> {
 
 thread_local! {
     static SCRATCH: RefCell<Vec<(u64, Scratch)>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_stably;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Grouping by key then sorting each key's run is a full sort, for
+        /// runs that arrive in order (the usual case) and for any order.
+        #[test]
+        fn group_stably_is_a_sort(
+            mut v in proptest::collection::vec((0u32..12, 0usize..500), 0..300),
+            presorted in any::<bool>(),
+        ) {
+            if presorted {
+                v.sort_by_key(|x| x.1);
+            }
+            let mut want = v.clone();
+            want.sort_unstable();
+            prop_assert_eq!(group_stably(&v, 12, |x| x.0 as usize), want);
+        }
+    }
 }
