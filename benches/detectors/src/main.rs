@@ -775,29 +775,6 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             }
             Ok(b)
         };
-        if std::env::var("STREAM_ONLY").is_ok() {
-            let t = Instant::now();
-            for _ in 0..reps {
-                for b in &blocks {
-                    let mut s = rs.stream_scanner()?;
-                    let mut p = 0;
-                    while p < b.len() {
-                        let mut e = (p + 64).min(b.len());
-                        while !b.is_char_boundary(e) {
-                            e -= 1;
-                        }
-                        s.feed(&b[p..e])?;
-                        p = e;
-                    }
-                    s.finish()?;
-                }
-            }
-            println!(
-                "| {name} | streaming only | {:.0} | |",
-                mb * reps as f64 / t.elapsed().as_secs_f64()
-            );
-            continue;
-        }
         // One part alone (for `perf record` and side-by-side comparisons).
         let only: Option<(&str, &TimedPart)> = if std::env::var("NORMALIZE_ONLY").is_ok() {
             Some(("injection normalization only", &|b| {
@@ -815,6 +792,8 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
                 rs.scan(b)?;
                 Ok(())
             }))
+        } else if std::env::var("STREAM_ONLY").is_ok() {
+            Some(("streaming only", &|b| stream_block(rs, b).map(drop)))
         } else {
             None
         };
@@ -891,17 +870,7 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
         let stream64 = best(&mut || {
             nstream = 0;
             for b in &blocks {
-                let mut s = rs.stream_scanner()?;
-                let mut p = 0;
-                while p < b.len() {
-                    let mut e = (p + 64).min(b.len());
-                    while !b.is_char_boundary(e) {
-                        e -= 1;
-                    }
-                    nstream += s.feed(&b[p..e])?.findings.len();
-                    p = e;
-                }
-                nstream += s.finish()?.findings.len();
+                nstream += stream_block(rs, b)?;
             }
             Ok(())
         })?;
@@ -977,6 +946,23 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Stream `block` through a new scanner in 64-byte chunks (cut back to a
+/// character boundary); returns the number of findings.
+fn stream_block(rs: &RuleSet, block: &str) -> Result<usize> {
+    let mut s = rs.stream_scanner()?;
+    let mut found = 0;
+    let mut p = 0;
+    while p < block.len() {
+        let mut e = (p + 64).min(block.len());
+        while !block.is_char_boundary(e) {
+            e -= 1;
+        }
+        found += s.feed(&block[p..e])?.findings.len();
+        p = e;
+    }
+    Ok(found + s.finish()?.findings.len())
 }
 
 /// CPU time consumed by the calling thread, in seconds.
