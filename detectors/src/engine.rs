@@ -120,6 +120,10 @@ pub(crate) struct CompiledRule {
     pub max_len: usize,
     /// How far after a prefilter end the confirmed match may extend.
     pub ahead: usize,
+    /// The base64 decoder ([`BASE64_RUN_PATTERN`] on the base64-run
+    /// trigger): a trigger end opens a confirmation window only when its own
+    /// run may decode to text ([`base64_run_may_be_text`]).
+    pub base64_run: bool,
     pub spec: RuleSpec,
 }
 
@@ -434,6 +438,12 @@ impl RuleSet {
                 .group_info()
                 .to_index(regex_automata::PatternID::ZERO, "v")
                 .is_some();
+            let base64_run = spec.decode == Some(Decode::Base64)
+                && pattern == BASE64_RUN_PATTERN
+                && spec.validators.is_empty()
+                && spec.min_entropy.is_none()
+                && crate::trigger::Trigger::recognize(&prefilter, hs_caseless)
+                    == Some(crate::trigger::Trigger::Base64Run);
             hs_patterns.push((prefilter, hs_caseless));
             full_patterns.push(full_hs);
             compiled.push(CompiledRule {
@@ -452,6 +462,7 @@ impl RuleSet {
                 hs_max_len,
                 max_len: max_len.max(hs_max_len),
                 ahead,
+                base64_run,
                 spec,
             });
         }
@@ -843,9 +854,23 @@ impl RuleSet {
                 j += 1;
             }
             parts.push((part_first, last));
+            let ends = &hits[i..j];
             i = j;
+            let add = |rule: u32, windows: &mut Vec<(u32, usize, usize)>| {
+                let r = &self.inner.rules[rule as usize];
+                if r.base64_run {
+                    // each end on its own: most runs are tokens, not text
+                    windows.extend(
+                        ends.iter()
+                            .filter(|h| base64_run_may_be_text(hay, h.1, r.hs_max_len, true))
+                            .map(|h| (rule, h.1, h.1)),
+                    );
+                } else {
+                    windows.extend(parts.iter().map(|&(f, l)| (rule, f, l)));
+                }
+            };
             for &rule in &group.always {
-                windows.extend(parts.iter().map(|&(f, l)| (rule, f, l)));
+                add(rule, &mut windows);
             }
             if let Some(set) = &group.set {
                 // one pass of the group's multi-pattern regex tells which
@@ -865,8 +890,7 @@ impl RuleSet {
                 pats.clear();
                 set.which_overlapping_matches(&Input::new(hay).span(lo..hi), pats);
                 for k in pats.iter() {
-                    let rule = group.picked[k.as_usize()];
-                    windows.extend(parts.iter().map(|&(f, l)| (rule, f, l)));
+                    add(group.picked[k.as_usize()], &mut windows);
                 }
             }
         }
@@ -1011,6 +1035,52 @@ impl RuleSet {
     pub(crate) fn rule(&self, ix: u32) -> &CompiledRule {
         &self.inner.rules[ix as usize]
     }
+}
+
+/// The base64 decoder rule's pattern: a whole run of the alphabet (24 to
+/// 1000 symbols, then up to two `=`) after a byte outside it or at the start.
+const BASE64_RUN_PATTERN: &str = r"(?:^|[^A-Za-z0-9+/_-])(?P<v>[A-Za-z0-9+/_-]{24,1000}={0,2})";
+
+/// For a rule with [`BASE64_RUN_PATTERN`]: whether the run whose base64-run
+/// trigger ends at `end` may decode to text. `false` only when the match the
+/// pattern finds for that run in the end's window (reaching `back` bytes
+/// before it) is certain and [`normalize::blob_may_be_text`] rules it out;
+/// a run reaching back to the start of `hay` when that is not the start of
+/// the data (`at_start`), or past the window, is kept. The decoder rejects
+/// most runs (tokens, identifiers, hashes), and a run's window reaches a
+/// kilobyte back, so confirming only the runs that may be text saves
+/// searching those windows.
+pub(crate) fn base64_run_may_be_text(hay: &[u8], end: usize, back: usize, at_start: bool) -> bool {
+    let alphabet = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-');
+    // the trigger ends after the run, its padding and the byte after them
+    // (or at the end of the data)
+    let mut t = end.min(hay.len());
+    while t > 0 && !alphabet(hay[t - 1]) && end - t < 3 {
+        t -= 1;
+    }
+    if t == 0 || !alphabet(hay[t - 1]) {
+        return true;
+    }
+    let lo = end.saturating_sub(back);
+    let mut s = t;
+    while s > lo && alphabet(hay[s - 1]) {
+        s -= 1;
+    }
+    let certain = if s == 0 {
+        at_start
+    } else {
+        s > lo && !alphabet(hay[s - 1])
+    };
+    if !certain || t - s < 24 {
+        return true;
+    }
+    // the pattern's match: at most 1000 symbols, then up to two `=`
+    let v_end = if t - s > 1000 {
+        s + 1000
+    } else {
+        t + hay[t..].iter().take(2).take_while(|&&c| c == b'=').count()
+    };
+    std::str::from_utf8(&hay[s..v_end]).map_or(true, normalize::blob_may_be_text)
 }
 
 /// Run three builds, the last two on threads of their own (on this one when

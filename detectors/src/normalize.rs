@@ -647,36 +647,52 @@ fn char_start_before(s: &[u8], i: usize) -> usize {
 /// is not mostly printable text.
 pub fn decode_blob(blob: &str) -> Option<String> {
     let b = blob.trim();
-    let mut candidates: Vec<Vec<u8>> = Vec::new();
     if b.contains('%') {
-        candidates.push(percent_decode(b));
-    } else if b.len() & 1 == 0 && b.bytes().all(|c| c.is_ascii_hexdigit()) {
-        if let Ok(v) = hex::decode(b) {
-            candidates.push(v);
-        }
-    } else {
-        let trimmed = b.trim_end_matches('=');
-        let engines = [
-            base64::engine::general_purpose::STANDARD_NO_PAD,
-            base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        ];
-        for e in engines {
-            if !prefix_may_be_text(&e, trimmed) {
-                continue;
-            }
-            // allow a partial final quantum: drop up to 3 trailing chars
-            for cut in 0..4 {
-                if trimmed.len() <= cut {
-                    break;
-                }
-                if let Ok(v) = e.decode(&trimmed.as_bytes()[..trimmed.len() - cut]) {
-                    candidates.push(v);
-                    break;
-                }
-            }
-        }
+        return readable_text(percent_decode(b));
     }
-    candidates.into_iter().find_map(readable_text)
+    if is_hex_blob(b) {
+        if !hex_prefix_may_be_text(b) {
+            return None;
+        }
+        return hex::decode(b).ok().and_then(readable_text);
+    }
+    let trimmed = b.trim_end_matches('=');
+    BASE64_ENGINES.iter().find_map(|e| {
+        if !prefix_may_be_text(e, trimmed) {
+            return None;
+        }
+        // allow a partial final quantum: drop up to 3 trailing chars
+        let cuts = (0..4).take_while(|&cut| trimmed.len() > cut);
+        cuts.map(|cut| e.decode(&trimmed.as_bytes()[..trimmed.len() - cut]))
+            .find_map(Result::ok)
+            .and_then(readable_text)
+    })
+}
+
+/// Whether [`decode_blob`] may return text for `blob`, judged on its first
+/// few dozen characters only (so the cost does not grow with the blob):
+/// `false` means it returns `None`.
+pub fn blob_may_be_text(blob: &str) -> bool {
+    let b = blob.trim();
+    if b.contains('%') {
+        return true;
+    }
+    if is_hex_blob(b) {
+        return hex_prefix_may_be_text(b);
+    }
+    let trimmed = b.trim_end_matches('=');
+    BASE64_ENGINES
+        .iter()
+        .any(|e| prefix_may_be_text(e, trimmed))
+}
+
+const BASE64_ENGINES: [base64::engine::GeneralPurpose; 2] = [
+    base64::engine::general_purpose::STANDARD_NO_PAD,
+    base64::engine::general_purpose::URL_SAFE_NO_PAD,
+];
+
+fn is_hex_blob(b: &str) -> bool {
+    b.len() & 1 == 0 && b.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
 /// Decoded bytes as text when they are UTF-8, at least four characters and
@@ -691,26 +707,47 @@ fn readable_text(v: Vec<u8>) -> Option<String> {
     (n >= 4 && printable * 100 >= n * 95).then_some(s)
 }
 
-/// Characters of a base64 blob decoded first, before the whole blob: a
-/// multiple of 4, so the prefix decodes to the same bytes whatever partial
-/// final quantum is dropped later.
+/// Characters of a blob decoded first, before the whole blob: a multiple
+/// of 4 (so a base64 prefix decodes to the same bytes whatever partial final
+/// quantum is dropped later) and of 2 (whole hex bytes).
 const BASE64_PROBE: usize = 32;
 
+/// Whether bytes decoded from a blob's first characters can still begin
+/// UTF-8 text: an invalid sequence rules it out, one cut short at the
+/// probe's end does not.
+fn may_begin_text(bytes: &[u8]) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => true,
+        Err(err) => err.error_len().is_none(),
+    }
+}
+
 /// Whether `blob` can still decode to text with engine `e`, judged on its
-/// first [`BASE64_PROBE`] characters: a symbol the engine rejects there, or
-/// bytes that are not UTF-8 (an invalid sequence, not one cut short at the
-/// probe's end), rule out every decoding of the whole blob. Most base64-like
-/// runs (tokens, identifiers, hashes) fail here without a full decode.
+/// first [`BASE64_PROBE`] characters (fewer for a shorter blob: those that
+/// every accepted decoding decodes whole, whatever partial final quantum is
+/// dropped): a symbol the engine rejects there, or bytes that are not UTF-8,
+/// rule out every decoding of the whole blob. Most base64-like runs
+/// (tokens, identifiers, hashes) fail here without a full decode.
 fn prefix_may_be_text(e: &base64::engine::GeneralPurpose, blob: &str) -> bool {
-    if blob.len() < BASE64_PROBE + 4 {
+    // a decoding drops at most 3 trailing characters; the quanta before
+    // those are decoded whole by each of them
+    let probe = (blob.len().saturating_sub(3) / 4 * 4).min(BASE64_PROBE);
+    if probe == 0 {
         return true;
     }
     let mut buf = [0u8; BASE64_PROBE / 4 * 3];
-    match e.decode_slice(&blob.as_bytes()[..BASE64_PROBE], &mut buf) {
-        Ok(n) => match std::str::from_utf8(&buf[..n]) {
-            Ok(_) => true,
-            Err(err) => err.error_len().is_none(),
-        },
+    match e.decode_slice(&blob.as_bytes()[..probe], &mut buf) {
+        Ok(n) => may_begin_text(&buf[..n]),
+        Err(_) => false,
+    }
+}
+
+/// [`prefix_may_be_text`] for a hex blob (even length, hex digits only).
+fn hex_prefix_may_be_text(blob: &str) -> bool {
+    let probe = blob.len().min(BASE64_PROBE);
+    let mut buf = [0u8; BASE64_PROBE / 2];
+    match hex::decode_to_slice(&blob.as_bytes()[..probe], &mut buf[..probe / 2]) {
+        Ok(()) => may_begin_text(&buf[..probe / 2]),
         Err(_) => false,
     }
 }
@@ -884,8 +921,9 @@ mod tests {
 
     proptest! {
         /// Blob decoding equals the reference on base64 (both alphabets, any
-        /// length, padded or not, with stray symbols) of text and of bytes,
-        /// and on base64-like tokens.
+        /// length, padded or not, with stray symbols) and hex of text and of
+        /// bytes, and on base64-like tokens; the probe never rules out a
+        /// blob the reference decodes.
         #[test]
         fn decode_blob_matches_the_reference(
             text in proptest::collection::vec(
@@ -898,7 +936,7 @@ mod tests {
             ),
             bytes in proptest::collection::vec(any::<u8>(), 0..90),
             token in "[A-Za-z0-9+/_=-]{0,90}",
-            kind in 0u8..6,
+            kind in 0u8..8,
             cut in 0usize..4,
             stray in proptest::sample::select(vec!["", "-", "_", "+", "/", "=", "!", "é"]),
             at in 0usize..90,
@@ -911,14 +949,18 @@ mod tests {
                 2 => STANDARD.encode(&bytes),
                 3 => URL_SAFE_NO_PAD.encode(&bytes),
                 4 => token,
-                _ => STANDARD.encode(format!("{text}{}", String::from_utf8_lossy(&bytes))),
+                5 => STANDARD.encode(format!("{text}{}", String::from_utf8_lossy(&bytes))),
+                6 => hex::encode(&text),
+                _ => hex::encode(&bytes),
             };
             blob.truncate(blob.len().saturating_sub(cut));
             let at = at.min(blob.len());
             if blob.is_char_boundary(at) {
                 blob.insert_str(at, stray);
             }
-            prop_assert_eq!(decode_blob(&blob), reference_decode_blob(&blob));
+            let want = reference_decode_blob(&blob);
+            prop_assert!(want.is_none() || blob_may_be_text(&blob));
+            prop_assert_eq!(decode_blob(&blob), want);
         }
 
         /// The whole normalization equals the reference, on text mixing

@@ -183,7 +183,18 @@ impl StreamScanner {
 
     fn absorb_hits(&mut self) {
         for &(rule, end) in &self.hits {
-            let gap = self.rs.rule(rule).hs_max_len;
+            let r = self.rs.rule(rule);
+            let gap = r.hs_max_len;
+            if r.base64_run
+                && !crate::engine::base64_run_may_be_text(
+                    &self.buf,
+                    end - self.base,
+                    gap,
+                    self.base == 0,
+                )
+            {
+                continue;
+            }
             match self
                 .clusters
                 .iter_mut()
