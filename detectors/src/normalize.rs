@@ -191,10 +191,7 @@ pub fn normalize_append(
     let mut i = 0;
     while i < bytes.len() {
         // copy the ASCII run up to the next non-ASCII character in one go
-        let run = bytes[i..]
-            .iter()
-            .position(|b| !b.is_ascii())
-            .unwrap_or(bytes.len() - i);
+        let run = ascii_prefix_len(&bytes[i..]);
         out.extend_from_slice(&bytes[i..i + run]);
         i += run;
         if i >= bytes.len() {
@@ -216,6 +213,22 @@ pub fn normalize_append(
         }
         map.push(norm_base + (out.len() - start_len), orig_after);
     }
+}
+
+/// Length of the ASCII prefix of `b`, tested 32 bytes at a time (a byte at
+/// a time only in the block holding the first non-ASCII byte).
+fn ascii_prefix_len(b: &[u8]) -> usize {
+    let mut n = 0;
+    for block in b.chunks_exact(32) {
+        if !block.is_ascii() {
+            break;
+        }
+        n += 32;
+    }
+    n + b[n..]
+        .iter()
+        .position(|c| !c.is_ascii())
+        .unwrap_or(b.len() - n)
 }
 
 /// Accented Latin letters (Latin-1 Supplement and Latin Extended-A/B
@@ -961,6 +974,21 @@ mod tests {
             let want = reference_decode_blob(&blob);
             prop_assert!(want.is_none() || blob_may_be_text(&blob));
             prop_assert_eq!(decode_blob(&blob), want);
+        }
+
+        /// The ASCII prefix is found wherever the first non-ASCII byte is.
+        #[test]
+        fn ascii_prefix_len_finds_the_first_non_ascii_byte(
+            b in proptest::collection::vec(0u8..0x80, 0..200),
+            at in 0usize..200,
+            high in 0x80u8..=0xff,
+        ) {
+            let mut b = b;
+            if at < b.len() {
+                b[at] = high;
+            }
+            let want = b.iter().position(|c| !c.is_ascii()).unwrap_or(b.len());
+            prop_assert_eq!(ascii_prefix_len(&b), want);
         }
 
         /// The whole normalization equals the reference, on text mixing
