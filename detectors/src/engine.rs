@@ -536,7 +536,12 @@ impl RuleSet {
                         .configure(
                             Regex::config()
                                 .utf8_empty(false)
-                                .match_kind(regex_automata::MatchKind::All),
+                                .match_kind(regex_automata::MatchKind::All)
+                                // most selected rules begin with a digit
+                                // or a class: a prefilter of their first
+                                // bytes stops at every digit of the window
+                                // and costs more than it skips
+                                .auto_prefilter(false),
                         )
                         .build_many(&pats)
                         .map_err(|e| BuildError::Regex {
