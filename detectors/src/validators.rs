@@ -4,6 +4,7 @@
 //! trailing characters beyond its country length), or `None` to reject.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use base64::Engine as _;
 
@@ -640,37 +641,66 @@ pub fn shannon_entropy(s: &str) -> f64 {
         .sum()
 }
 
+/// Words and marks of a placeholder value ([`not_placeholder`]), matched
+/// ignoring ASCII case.
+const PLACEHOLDER_WORD_LIST: &[&str] = &[
+    "xxxx",
+    "****",
+    "....",
+    "<",
+    ">",
+    "${",
+    "{{",
+    "your",
+    "example",
+    "placeholder",
+    "redacted",
+    "changeme",
+    "dummy",
+    "sample",
+    "abcdefgh",
+    "12345678",
+    "00000000",
+    "insert",
+    "replace",
+    "here",
+    "fake",
+    "test1234",
+    "secret_key_here",
+    "token_here",
+];
+
+/// Words of a documentation or template value ([`has_placeholder_word`]),
+/// matched ignoring ASCII case.
+const TEMPLATE_WORD_LIST: &[&str] = &[
+    "xxxx",
+    "****",
+    "example",
+    "your_",
+    "your-",
+    "placeholder",
+    "redacted",
+    "changeme",
+    "put_",
+];
+
+/// One pass over a value for any of `words`, ignoring ASCII case.
+fn any_word(words: &[&str]) -> aho_corasick::AhoCorasick {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(words)
+        .expect("a short list of literal words always builds")
+}
+
+static PLACEHOLDER_WORDS: LazyLock<aho_corasick::AhoCorasick> =
+    LazyLock::new(|| any_word(PLACEHOLDER_WORD_LIST));
+static TEMPLATE_WORDS: LazyLock<aho_corasick::AhoCorasick> =
+    LazyLock::new(|| any_word(TEMPLATE_WORD_LIST));
+
 /// Rejects obvious placeholders: repeated characters, `xxxx`, `<...>`,
 /// `${VAR}`, `your_api_key`, `example`, masked `****`, ascending runs.
 pub fn not_placeholder(s: &str) -> bool {
-    let lower = s.to_ascii_lowercase();
-    const WORDS: &[&str] = &[
-        "xxxx",
-        "****",
-        "....",
-        "<",
-        ">",
-        "${",
-        "{{",
-        "your",
-        "example",
-        "placeholder",
-        "redacted",
-        "changeme",
-        "dummy",
-        "sample",
-        "abcdefgh",
-        "12345678",
-        "00000000",
-        "insert",
-        "replace",
-        "here",
-        "fake",
-        "test1234",
-        "secret_key_here",
-        "token_here",
-    ];
-    if WORDS.iter().any(|w| lower.contains(w)) {
+    if PLACEHOLDER_WORDS.is_match(s) {
         return false;
     }
     if looks_placeholder(s) {
@@ -699,19 +729,7 @@ pub fn not_placeholder(s: &str) -> bool {
 /// Words that mark a documentation or template value rather than a live
 /// credential (checked case-insensitively on every secret value).
 pub fn has_placeholder_word(s: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "xxxx",
-        "****",
-        "example",
-        "your_",
-        "your-",
-        "placeholder",
-        "redacted",
-        "changeme",
-        "put_",
-    ];
-    let lower = s.to_ascii_lowercase();
-    WORDS.iter().any(|w| lower.contains(w))
+    TEMPLATE_WORDS.is_match(s)
 }
 
 /// Structural placeholder test applied to the value of every secret rule
@@ -868,6 +886,36 @@ pub fn url_carries_data(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The word lists are found ignoring ASCII case wherever they stand,
+        /// as a lower-cased copy searched word by word finds them.
+        #[test]
+        fn placeholder_words_match_a_lowercase_search(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(PLACEHOLDER_WORD_LIST.to_vec()).prop_map(str::to_string),
+                    proptest::sample::select(TEMPLATE_WORD_LIST.to_vec()).prop_map(str::to_string),
+                    "[A-Za-z0-9_*.<>${}-]{0,6}",
+                    "[ÄÖÜäöüİı]{0,2}",
+                ],
+                0..6,
+            ),
+            upper in proptest::collection::vec(any::<bool>(), 0..64),
+        ) {
+            let s: String = parts
+                .concat()
+                .chars()
+                .zip(upper.iter().copied().chain(std::iter::repeat(false)))
+                .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let lower = s.to_ascii_lowercase();
+            let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+            prop_assert_eq!(PLACEHOLDER_WORDS.is_match(&s), has(PLACEHOLDER_WORD_LIST));
+            prop_assert_eq!(has_placeholder_word(&s), has(TEMPLATE_WORD_LIST));
+        }
+    }
 
     /// Change the last digit of a string by +1 (mod 10): off-by-one checksum.
     fn bump_last_digit(s: &str) -> String {
