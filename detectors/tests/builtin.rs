@@ -339,6 +339,59 @@ fn curl_credentials_across_continuation_lines() {
         .any(|h| h == "curl-auth-token-user"));
 }
 
+/// The `curl` rules are triggered at `-u`/`--user`; their longest match
+/// reaches 611 bytes before that trigger's end (`curl`, 300 continuation
+/// lines of two bytes, `--user` and the byte after it). Found there, in block
+/// mode and streaming; one more continuation line and the rule does not match.
+#[test]
+fn curl_user_found_at_the_longest_gap() {
+    let longest = format!(
+        "curl{}--user developer:yqDVtkqPECriaLRi",
+        "\\\n".repeat(300)
+    );
+    assert_eq!(longest.find("--user"), Some(604));
+    let token = format!(
+        "curl{}--user 'sk9TqW2xLr7vB4nM:' https://x",
+        "\\\n".repeat(300)
+    );
+    for (text, rule) in [
+        (&longest, "curl-auth-user"),
+        (&token, "curl-auth-token-user"),
+    ] {
+        assert!(secret_hits(text).iter().any(|h| h == rule), "{rule}");
+        for size in [1, 64, 1000] {
+            assert!(
+                stream_in_chunks(all(), text, size)
+                    .iter()
+                    .any(|f| f.rule_id.as_ref() == rule),
+                "{rule} in chunks of {size}"
+            );
+        }
+        let too_long = text.replacen("curl", "curl\\\n", 1);
+        assert!(!secret_hits(&too_long).iter().any(|h| h == rule), "{rule}");
+    }
+    // the longest part after the trigger: 208 bytes (139 for the token)
+    let value = "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY".repeat(4);
+    let pad = " \\".repeat(4);
+    let user = "u".repeat(64);
+    let longest = format!("curl -u{pad}//'{{{user}}}':'{{{value}}}' https://x");
+    let token = format!("curl -u{pad}'{value}:' https://x");
+    for (text, rule, after) in [
+        (&longest, "curl-auth-user", 208),
+        (&token, "curl-auth-token-user", 139),
+    ] {
+        let found = all().scan(text).unwrap();
+        let f = found
+            .iter()
+            .find(|f| f.rule_id.as_ref() == rule)
+            .unwrap_or_else(|| panic!("{rule}"));
+        assert_eq!(&text[f.span.clone()], value, "{rule}");
+        let trigger_end = text.find("-u").unwrap() + 3;
+        let match_end = f.span.end + usize::from(rule == "curl-auth-token-user") * 3;
+        assert_eq!(match_end - trigger_end, after, "{rule}");
+    }
+}
+
 #[test]
 fn pii_context_and_overlaps() {
     let cases = [
