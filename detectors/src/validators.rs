@@ -747,27 +747,23 @@ pub fn looks_placeholder(s: &str) -> bool {
         return true;
     }
     if matches!(b[0], b'$' | b'[' | b'%' | b'{' | b'<' | b'#')
-        || s.contains("$(")
-        || s.contains("${")
-        || s.contains("..")
+        || b.windows(2)
+            .any(|w| matches!(w, [b'$', b'(' | b'{'] | [b'.', b'.']))
     {
         return true;
     }
     if b.len() > 200 {
         return false;
     }
-    let mut run = 1;
-    for w in b.windows(2) {
-        run = if w[0] == w[1] { run + 1 } else { 1 };
-        if run >= 6 {
-            return true;
-        }
-    }
-    for p in 2..=7usize {
+    // a byte equal to the one `p` before it, `need` times in a row: a run of
+    // six identical characters (p = 1), or twelve characters repeating with
+    // period p
+    for p in 1..=7usize {
+        let need = if p == 1 { 5 } else { 12 - p };
         let mut same = 0;
-        for i in p..b.len() {
-            same = if b[i] == b[i - p] { same + 1 } else { 0 };
-            if same + p >= 12 {
+        for (x, y) in b.iter().skip(p).zip(b) {
+            same = if x == y { same + 1 } else { 0 };
+            if same >= need {
                 return true;
             }
         }
@@ -888,7 +884,75 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The placeholder test as first written: a pass per check.
+    fn reference_looks_placeholder(s: &str) -> bool {
+        let b = s.as_bytes();
+        if b.is_empty() {
+            return true;
+        }
+        if matches!(b[0], b'$' | b'[' | b'%' | b'{' | b'<' | b'#')
+            || s.contains("$(")
+            || s.contains("${")
+            || s.contains("..")
+        {
+            return true;
+        }
+        if b.len() > 200 {
+            return false;
+        }
+        let mut run = 1;
+        for w in b.windows(2) {
+            run = if w[0] == w[1] { run + 1 } else { 1 };
+            if run >= 6 {
+                return true;
+            }
+        }
+        for p in 2..=7usize {
+            let mut same = 0;
+            for i in p..b.len() {
+                same = if b[i] == b[i - p] { same + 1 } else { 0 };
+                if same + p >= 12 {
+                    return true;
+                }
+            }
+        }
+        if b.len() >= 16 {
+            let mut seen = [false; 256];
+            let mut distinct = 0;
+            for &c in b {
+                if !seen[c as usize] {
+                    seen[c as usize] = true;
+                    distinct += 1;
+                }
+            }
+            if distinct < 6 {
+                return true;
+            }
+        }
+        false
+    }
+
     proptest! {
+        /// The placeholder test equals the reference on tokens, repeats
+        /// and template references.
+        #[test]
+        fn looks_placeholder_matches_the_reference(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    "[A-Za-z0-9]{0,12}",
+                    "[ab1$.({]{0,8}",
+                    ("[A-Za-z0-9]{1,7}", 1usize..6, 0usize..7)
+                        .prop_map(|(u, n, k)| u.repeat(n) + &u[..k.min(u.len())]),
+                    ("[a-z0-9]", 1usize..9).prop_map(|(c, n)| c.repeat(n)),
+                    Just("é".to_string()),
+                ],
+                0..8,
+            ),
+        ) {
+            let s = parts.concat();
+            prop_assert_eq!(looks_placeholder(&s), reference_looks_placeholder(&s));
+        }
+
         /// The word lists are found ignoring ASCII case wherever they stand,
         /// as a lower-cased copy searched word by word finds them.
         #[test]
