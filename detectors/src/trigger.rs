@@ -243,6 +243,14 @@ fn digits(
     emit: &mut dyn FnMut(u32, usize),
 ) {
     // per group: chain length of digits linked by at most max_gap separators
+    let mut slots = [(0u8, 0u32); 4];
+    let mut count = 0;
+    for &g in groups.iter().flatten().take(slots.len()) {
+        slots[count] = g;
+        count += 1;
+    }
+    let groups = &slots[..count];
+    let widest = groups.iter().map(|g| g.0 as usize).max().unwrap_or(0);
     let mut chain = [0u32; 4];
     let mut last: Option<usize> = None;
     let mut p = start;
@@ -252,13 +260,13 @@ fn digits(
             Some(x) => x,
             None => break,
         };
-        let gap_ok = |g: u8| match last {
-            Some(q) => {
-                let gap = p - q - 1;
-                gap <= g as usize && hay[q + 1..p].iter().all(|&b| is(b, SEP))
-            }
-            None => false,
-        };
+        // the separators between the previous digit and this one, when
+        // there are few enough and nothing else stands between them
+        let gap = last.and_then(|q| {
+            let between = &hay[q + 1..p];
+            (between.len() <= widest && between.iter().all(|&b| is(b, SEP)))
+                .then_some(between.len())
+        });
         let end = p + 1;
         let dotted = p >= 4 && hay[p - 1] == b'.' && {
             let mut k = 0;
@@ -270,14 +278,13 @@ fn digits(
                 && hay[p - 2 - k] == b'.'
                 && is(hay[p - 3 - k], DIGIT)
         };
-        for (i, g) in groups.iter().enumerate() {
-            let Some((max_gap, id)) = *g else { continue };
-            chain[i] = if gap_ok(max_gap) {
-                (chain[i] + 1).min(6)
+        for (c, &(max_gap, id)) in chain.iter_mut().zip(groups) {
+            *c = if gap.is_some_and(|g| g <= max_gap as usize) {
+                (*c + 1).min(6)
             } else {
                 1
             };
-            if end > from && (chain[i] >= 6 || dotted) {
+            if end > from && (*c >= 6 || dotted) {
                 emit(id, end);
             }
         }
@@ -492,6 +499,30 @@ mod tests {
         })
         .unwrap();
         s
+    }
+
+    /// All triggers scanned together (the digit ones share one pass) report
+    /// what each reports alone.
+    #[test]
+    fn triggers_together_report_what_each_reports_alone() {
+        let all: Vec<(Trigger, u32)> = PATTERNS
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, t, _))| (t, i as u32))
+            .collect();
+        for hay in inputs() {
+            let mut together = BTreeSet::new();
+            scan(&all, &hay, 0, true, &mut |g, e| {
+                together.insert((g, e));
+            });
+            let mut alone = BTreeSet::new();
+            for &t in &all {
+                scan(&[t], &hay, 0, true, &mut |g, e| {
+                    alone.insert((g, e));
+                });
+            }
+            assert_eq!(together, alone, "{:?}", String::from_utf8_lossy(&hay));
+        }
     }
 
     #[test]
