@@ -682,9 +682,8 @@ pub fn decode_blob(blob: &str) -> Option<String> {
     })
 }
 
-/// Whether [`decode_blob`] may return text for `blob`, judged on its first
-/// few dozen characters only (so the cost does not grow with the blob):
-/// `false` means it returns `None`.
+/// Whether [`decode_blob`] may return text for `blob`, decoding only its
+/// first few dozen characters: `false` means it returns `None`.
 pub fn blob_may_be_text(blob: &str) -> bool {
     let b = blob.trim();
     if b.contains('%') {
