@@ -1260,8 +1260,30 @@ thread_local! {
 
 #[cfg(test)]
 mod tests {
-    use super::group_stably;
+    use super::{expand_domains, group_stably, hir_max_len};
     use proptest::prelude::*;
+
+    /// A rule with its own prefilter and look-around bounds must let its
+    /// longest match fit around the trigger: every match holds a prefilter
+    /// match, so it reaches at most `lookbehind` before the trigger's end and
+    /// `lookahead` after it. (A pattern edited without its bounds fails here.)
+    #[test]
+    fn builtin_lookaround_bounds_cover_the_longest_match() {
+        let mut short = Vec::new();
+        for spec in crate::rules::builtin_rules().unwrap() {
+            let (Some(_), Some(back), Some(ahead)) =
+                (&spec.prefilter, spec.lookbehind, spec.lookahead)
+            else {
+                continue;
+            };
+            let pattern = expand_domains(&spec, &spec.pattern).unwrap();
+            let (_, max) = hir_max_len(&spec.id, &pattern, spec.caseless).unwrap();
+            if back + ahead < max {
+                short.push(format!("{}: {back} + {ahead} < {max}", spec.id));
+            }
+        }
+        assert!(short.is_empty(), "{short:#?}");
+    }
 
     proptest! {
         /// Grouping by key then sorting each key's run is a full sort, for

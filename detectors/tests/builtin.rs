@@ -376,9 +376,10 @@ fn curl_user_found_at_the_longest_gap() {
     let user = "u".repeat(64);
     let longest = format!("curl -u{pad}//'{{{user}}}':'{{{value}}}' https://x");
     let token = format!("curl -u{pad}'{value}:' https://x");
-    for (text, rule, after) in [
-        (&longest, "curl-auth-user", 208),
-        (&token, "curl-auth-token-user", 139),
+    // (text, rule, bytes after the trigger, of them after the value)
+    for (text, rule, after, past_value) in [
+        (&longest, "curl-auth-user", 208, 0),
+        (&token, "curl-auth-token-user", 139, ":' ".len()),
     ] {
         let found = all().scan(text).unwrap();
         let f = found
@@ -387,9 +388,29 @@ fn curl_user_found_at_the_longest_gap() {
             .unwrap_or_else(|| panic!("{rule}"));
         assert_eq!(&text[f.span.clone()], value, "{rule}");
         let trigger_end = text.find("-u").unwrap() + 3;
-        let match_end = f.span.end + usize::from(rule == "curl-auth-token-user") * 3;
-        assert_eq!(match_end - trigger_end, after, "{rule}");
+        assert_eq!(f.span.end + past_value - trigger_end, after, "{rule}");
     }
+}
+
+/// An address as long as the e-mail pattern allows (8 domain labels of 63
+/// characters) is reported whole, in block mode and streaming: the rule's
+/// look-ahead reaches the end of its domain.
+#[test]
+fn longest_email_is_found_whole() {
+    let label = format!("d{}", "o".repeat(62));
+    let address = format!(
+        "{}@{}.{}",
+        "l".repeat(64),
+        [label.as_str(); 8].join("."),
+        "c".repeat(24)
+    );
+    let text = format!("write to {address} today");
+    let whole = |f: &[tappass_detectors::Finding]| {
+        f.iter()
+            .any(|f| f.rule_id.as_ref() == "email" && text[f.span.clone()] == address)
+    };
+    assert!(whole(&all().scan(&text).unwrap()));
+    assert!(whole(&stream_in_chunks(all(), &text, 64)));
 }
 
 #[test]
