@@ -55,7 +55,6 @@ fn responses(text: &str, stream: bool) -> Value {
     json!({"model": "m", "stream": stream, "input": text})
 }
 
-/// The text a client reads from a stream, in any of the three formats.
 #[tokio::test]
 async fn secrets_in_the_prompt_are_refused_before_the_upstream() {
     let (mock, mut gw, dir, _data) = start_guarded(GUARDRAILS);

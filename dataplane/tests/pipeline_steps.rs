@@ -251,7 +251,7 @@ async fn apply_compiled_policy_denies_with_the_rules_reason() {
     }
 }
 
-/// The text a client reads from a stream, in any of the three formats.
+/// The endpoint name the policy input carries for a format's calls.
 fn f_endpoint(f: Format) -> &'static str {
     match f {
         Format::Chat => "chat_completions",

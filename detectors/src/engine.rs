@@ -504,14 +504,11 @@ impl RuleSet {
         let group_rules: Vec<Vec<u32>> = groups.iter().map(|g| g.2.clone()).collect();
         let mut group_info = Vec::with_capacity(groups.len());
         for g in &groups {
-            let (always, picked): (Vec<u32>, Vec<u32>) = if g.2.len() > 1 {
-                g.2.iter().partition(|&&i| {
-                    let r = &compiled[i as usize];
-                    r.hs_max_len + r.ahead > SELECT_REACH
-                })
-            } else {
-                (g.2.clone(), Vec::new())
-            };
+            // a selecting pass pays off for two or more short-reaching rules
+            let (always, picked): (Vec<u32>, Vec<u32>) = g.2.iter().partition(|&&i| {
+                let r = &compiled[i as usize];
+                r.hs_max_len + r.ahead > SELECT_REACH
+            });
             let (always, picked) = if picked.len() > 1 {
                 (always, picked)
             } else {

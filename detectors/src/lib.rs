@@ -41,7 +41,10 @@
 //!    window reaching hundreds of bytes ahead) separate searches would find
 //!    the same matches many times over.
 //! 4. Blobs matched by decoding rules (base64, hex, URL-encoding) are decoded
-//!    and scanned again (one level), findings cover the blob.
+//!    and scanned again (one level), findings cover the blob. The base64
+//!    decoder is confirmed only at runs whose first characters may decode
+//!    to text (the decoder's own first test, applied where the trigger
+//!    reports the run).
 //! 5. Repeated and contained matches are merged.
 //!
 //! # Streaming
