@@ -30,7 +30,8 @@
 //! variable references, elided or masked values and repetitive strings are
 //! not reported.
 //! 3. Nearby ends are clustered; for a shared trigger one multi-pattern
-//!    regex pass (one per run of clusters whose windows overlap) selects
+//!    regex pass (one per run of clusters whose windows overlap; an
+//!    earliest-match search first, as most windows match none) selects
 //!    the rules that can match (rules whose window reaches further than
 //!    256 bytes, such as the base64 decoder, are not selected but always
 //!    confirmed); each is confirmed by the `regex` engine in

@@ -392,6 +392,47 @@ fn curl_user_found_at_the_longest_gap() {
     }
 }
 
+/// The database-URL rule is triggered at its schemes followed by `://`
+/// (its prefilter repeats the pattern's list): every scheme the pattern
+/// accepts, in either case, and the longest URL it accepts, are found, in
+/// block mode and streaming.
+#[test]
+fn database_url_found_at_every_scheme() {
+    let spec = all()
+        .rules()
+        .find(|r| r.id == "database-url-password")
+        .unwrap();
+    let list = spec.pattern.split_once("(?i:").unwrap().1;
+    let list = list.split_once(")://").unwrap().0;
+    let schemes: Vec<String> = list
+        .split('|')
+        .map(|s| s.replace("\\+", "+").replace("[a-z]{2,12}", "mysql"))
+        .collect();
+    assert!(schemes.len() > 20 && schemes.iter().all(|s| s.len() > 1 && !s.contains('\\')));
+    let found = |text: &str, value: &str| {
+        let hit = |f: &tappass_detectors::Finding| {
+            f.rule_id.as_ref() == "database-url-password" && &text[f.span.clone()] == value
+        };
+        all().scan(text).unwrap().iter().any(hit)
+            && stream_in_chunks(all(), text, 7).iter().any(hit)
+    };
+    for scheme in &schemes {
+        for s in [scheme.clone(), scheme.to_ascii_uppercase()] {
+            let text = format!("connect to {s}://admin:S3cr3tPassw0rd@db.internal:5432/app now");
+            assert!(found(&text, "S3cr3tPassw0rd"), "{text}");
+        }
+    }
+    // the longest: a 12-letter JDBC subprotocol, 64-byte user, 128-byte
+    // password, 253-byte host
+    let password = "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY".repeat(4);
+    let text = format!(
+        "url=jdbc:abcdefghijkl://{}:{password}@{} end",
+        "u".repeat(64),
+        "h".repeat(253)
+    );
+    assert!(found(&text, &password));
+}
+
 /// An address as long as the e-mail pattern allows (8 domain labels of 63
 /// characters) is reported whole, in block mode and streaming: the rule's
 /// look-ahead reaches the end of its domain.
