@@ -1059,7 +1059,7 @@ const BASE64_RUN_PATTERN: &str = r"(?:^|[^A-Za-z0-9+/_-])(?P<v>[A-Za-z0-9+/_-]{2
 /// kilobyte back, so confirming only the runs that may be text saves
 /// searching those windows.
 pub(crate) fn base64_run_may_be_text(hay: &[u8], end: usize, back: usize, at_start: bool) -> bool {
-    let alphabet = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-');
+    let alphabet = crate::trigger::is_base64_symbol;
     // the trigger ends after the run, its padding and the byte after them
     // (or at the end of the data)
     let mut t = end.min(hay.len());

@@ -121,6 +121,12 @@ fn is(b: u8, class: u8) -> bool {
     CLASS[b as usize] & class != 0
 }
 
+/// A symbol of the base64 alphabets (standard and URL-safe, no padding):
+/// what the base64-run trigger counts.
+pub(crate) fn is_base64_symbol(b: u8) -> bool {
+    is(b, B64)
+}
+
 /// Report the ends of every trigger in `hay` (`emit(group, end)`).
 ///
 /// Ends at or before `from` are not reported, except ends that need the end
@@ -139,17 +145,17 @@ pub(crate) fn scan(
         return;
     }
     let start = from.saturating_sub(LOOKBACK);
-    let mut digit_groups: [Option<(u8, u32)>; 4] = [None; 4];
+    let mut digit_groups = [(0u8, 0u32); 4];
     let mut nd = 0;
     let mut itcf: Option<u32> = None;
     for &(t, g) in triggers {
         match t {
             Trigger::Digits { max_gap } => {
                 if nd < digit_groups.len() {
-                    digit_groups[nd] = Some((max_gap, g));
+                    digit_groups[nd] = (max_gap, g);
                     nd += 1;
                 } else {
-                    digits(hay, start, from, &[Some((max_gap, g))], None, emit);
+                    digits(hay, start, from, &[(max_gap, g)], None, emit);
                 }
             }
             Trigger::ItCf => itcf = Some(g),
@@ -238,18 +244,13 @@ fn digits(
     hay: &[u8],
     start: usize,
     from: usize,
-    groups: &[Option<(u8, u32)>],
+    groups: &[(u8, u32)],
     itcf: Option<u32>,
     emit: &mut dyn FnMut(u32, usize),
 ) {
-    // per group: chain length of digits linked by at most max_gap separators
-    let mut slots = [(0u8, 0u32); 4];
-    let mut count = 0;
-    for &g in groups.iter().flatten().take(slots.len()) {
-        slots[count] = g;
-        count += 1;
-    }
-    let groups = &slots[..count];
+    // per group (at most four): chain length of digits linked by at most
+    // max_gap separators
+    let groups = &groups[..groups.len().min(4)];
     let widest = groups.iter().map(|g| g.0 as usize).max().unwrap_or(0);
     let mut chain = [0u32; 4];
     let mut last: Option<usize> = None;
