@@ -750,19 +750,9 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             continue;
         }
         let text = mixed_text(shared, here, 8 << 20, mix)?;
-        let blocks: Vec<&str> = {
-            let mut v = Vec::new();
-            let mut s = 0;
-            while s < text.len() {
-                let mut e = (s + 65536).min(text.len());
-                while !text.is_char_boundary(e) {
-                    e -= 1;
-                }
-                v.push(&text[s..e]);
-                s = e;
-            }
-            v
-        };
+        let blocks = split_blocks(&text, 65536);
+        // the gateway scans one message at a time
+        let messages = split_blocks(&text, 1024);
         let mb = text.len() as f64 / 1e6;
         // CPU time of this thread: on a shared machine, time spent waiting
         // for a core is not counted.
@@ -787,7 +777,7 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
                 gw.score_injection(b)?;
                 Ok(())
             }))
-        } else if std::env::var("FULL_ONLY").is_ok() {
+        } else if std::env::var("FULL_ONLY").is_ok() || std::env::var("MESSAGES_ONLY").is_ok() {
             Some(("full only", &|b| {
                 rs.scan(b)?;
                 Ok(())
@@ -798,7 +788,12 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             None
         };
         if let Some((label, part)) = only {
-            let secs = best(&mut || blocks.iter().try_for_each(|b| part(b)))?;
+            let (label, pieces) = if std::env::var("MESSAGES_ONLY").is_ok() {
+                ("full only, 1 KiB messages", &messages)
+            } else {
+                (label, &blocks)
+            };
+            let secs = best(&mut || pieces.iter().try_for_each(|b| part(b)))?;
             println!("| {name} | {label} | {:.0} | |", mb / secs);
             continue;
         }
@@ -842,22 +837,23 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             }
             Ok(())
         })?;
-        // A block scan of every block with `set`: its time and findings.
-        let scan_all = |set: &RuleSet| -> Result<(f64, usize)> {
+        // A block scan of every piece with `set`: its time and findings.
+        let scan_all = |set: &RuleSet, pieces: &[&str]| -> Result<(f64, usize)> {
             let mut n = 0;
             let t = best(&mut || {
                 n = 0;
-                for b in &blocks {
+                for b in pieces {
                     n += set.scan(b)?.len();
                 }
                 Ok(())
             })?;
             Ok((t, n))
         };
-        let (full, nfind) = scan_all(rs)?;
+        let (full, nfind) = scan_all(rs, &blocks)?;
+        let (small, nsmall) = scan_all(rs, &messages)?;
         // The same scan with the injection phrases left out (secrets, PII
         // and exfiltration only): the gateway's scan, without its score.
-        let (rest, nrest) = scan_all(&gw)?;
+        let (rest, nrest) = scan_all(&gw, &blocks)?;
         // All four categories the way the gateway runs them: a scan for
         // secrets, PII and exfiltration plus the injection score, with the
         // injection phrases in the scan too (as before) and in the score only.
@@ -913,6 +909,11 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
             raw / full
         );
         println!(
+            "| {name} | full rule set, the text cut into 1 KiB messages, one scan each ({nsmall} findings) | {:.0} | {:.2} |",
+            mb / small,
+            raw / small
+        );
+        println!(
             "| {name} | scan without the injection phrases: secrets, PII, exfiltration ({nrest} findings) | {:.0} | {:.2} |",
             mb / rest,
             raw / rest
@@ -959,6 +960,22 @@ fn speed(rs: &RuleSet, shared: &Path, here: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `text` cut into pieces of at most `size` bytes, each ending on a
+/// character boundary.
+fn split_blocks(text: &str, size: usize) -> Vec<&str> {
+    let mut v = Vec::new();
+    let mut s = 0;
+    while s < text.len() {
+        let mut e = (s + size).min(text.len());
+        while !text.is_char_boundary(e) {
+            e -= 1;
+        }
+        v.push(&text[s..e]);
+        s = e;
+    }
+    v
 }
 
 /// Stream `block` through a new scanner in 64-byte chunks (cut back to a
